@@ -1,0 +1,54 @@
+//! The broker seam (SPEC §3): how replicas share messages.
+//!
+//! The hub calls [`Broker::subscribe`] for a topic's first local subscriber
+//! and [`Broker::unsubscribe`] for its last; the broker hands every message
+//! it receives to a [`Deliver`] target (the hub's topic registry). Engines:
+//! [`redis`] (one Pub/Sub connection per replica) and [`memory`] (one
+//! process, no Redis). A new engine is one module implementing the trait.
+
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use tokio::sync::watch;
+
+use crate::config::{BrokerKind, Config};
+
+/// Where a broker hands incoming messages. Must not block: it runs on the
+/// broker's receive path, so one slow call would delay every topic.
+pub trait Deliver: Send + Sync + 'static {
+    fn deliver(&self, topic: &str, payload: &[u8]);
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker cannot do this now; the client may retry later.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub trait Broker: Send + Sync + 'static {
+    /// Resolves once messages published to `topic` from now on will arrive.
+    fn subscribe(&self, topic: &str) -> BoxFuture<'static, Result<(), BrokerError>>;
+    /// Stops receiving `topic`. Ordered after every earlier call.
+    fn unsubscribe(&self, topic: &str);
+    /// Publishes `payload` to every replica's subscribers of `topic`.
+    fn publish(&self, topic: &str, payload: Bytes) -> BoxFuture<'static, Result<(), BrokerError>>;
+    /// `true` while the broker can subscribe and publish (`/readyz`).
+    fn ready(&self) -> watch::Receiver<bool>;
+    /// `broker.kind` as configured, for `/readyz` and logs.
+    fn kind(&self) -> &'static str;
+}
+
+/// Starts the broker `config.broker` names, delivering into `target`.
+pub fn start(config: &Config, target: Arc<dyn Deliver>) -> Arc<dyn Broker> {
+    match config.broker {
+        BrokerKind::Memory => Arc::new(memory::MemoryBroker::new(target)),
+        BrokerKind::Redis | BrokerKind::RedisCluster => {
+            Arc::new(redis::RedisBroker::start(config.redis.clone(), target))
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! Redis Pub/Sub broker: one actor owns this replica's subscribing connection.
+//!
+//! Commands reach the actor over one ordered channel, so an UNSUBSCRIBE and a
+//! later SUBSCRIBE of the same topic reach Redis in that order. The actor
+//! remembers every channel it holds; when the connection drops it reconnects
+//! with capped, jittered exponential backoff and resubscribes all of them
+//! before it reports ready again. PUBLISH goes through a deadpool pool, since
+//! a subscribed connection cannot publish.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, FutureExt};
+use redis::aio::PubSubSink;
+use redis::{ConnectionInfo, IntoConnectionInfo};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout};
+
+use super::{Broker, BrokerError, Deliver};
+use crate::config::Redis;
+
+/// Longest wait for Redis to accept a connection or confirm a command.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// First reconnect delay; doubles up to `redis.reconnect_max_secs`.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+
+enum Command {
+    Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
+    Unsubscribe(String),
+}
+
+pub struct RedisBroker {
+    /// Ordered requests to the actor; unbounded so `unsubscribe` never waits
+    /// (the hub calls it under its lock). Its length is bounded by the hub,
+    /// which sends one command per topic transition.
+    commands: mpsc::UnboundedSender<Command>,
+    ready: watch::Receiver<bool>,
+    /// Topic T is Redis channel `prefix + T`.
+    prefix: Arc<str>,
+    /// Connections for PUBLISH; `Err` holds why the pool could not be built.
+    pool: Result<deadpool_redis::Pool, String>,
+}
+
+impl RedisBroker {
+    /// Spawns the actor; it connects at once and keeps retrying while Redis is away.
+    pub fn start(settings: Redis, target: Arc<dyn Deliver>) -> Self {
+        let (commands, inbox) = mpsc::unbounded_channel();
+        let (ready_tx, ready) = watch::channel(false);
+        let info = connection_info(&settings);
+        let pool = info
+            .clone()
+            .and_then(|info| {
+                let manager = deadpool_redis::Manager::new(info).map_err(|e| e.to_string())?;
+                deadpool_redis::Pool::builder(manager)
+                    .max_size(settings.pool_size)
+                    .wait_timeout(Some(IO_TIMEOUT))
+                    .create_timeout(Some(IO_TIMEOUT))
+                    .runtime(deadpool_redis::Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| e.to_string())
+            });
+        let prefix: Arc<str> = settings.channel_prefix.as_str().into();
+        match info.and_then(|info| redis::Client::open(info).map_err(|e| e.to_string())) {
+            Ok(client) => {
+                let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+                let actor = Actor {
+                    client,
+                    reconnect_max: settings.reconnect_max,
+                    prefix: prefix.clone(),
+                    target,
+                    channels: HashSet::new(),
+                    link: None,
+                    ready: ready_tx,
+                    generation: 0,
+                    lost_tx,
+                    lost_rx,
+                };
+                tokio::spawn(actor.run(inbox));
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "redis broker cannot start");
+                drop(ready_tx);
+            }
+        }
+        Self {
+            commands,
+            ready,
+            prefix,
+            pool,
+        }
+    }
+}
+
+fn connection_info(settings: &Redis) -> Result<ConnectionInfo, String> {
+    let info = settings
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| e.to_string())?;
+    Ok(match &settings.password {
+        Some(password) => {
+            let redis = info.redis_settings().clone().set_password(password);
+            info.set_redis_settings(redis)
+        }
+        None => info,
+    })
+}
+
+fn unavailable(reason: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(reason.to_string())
+}
+
+impl Broker for RedisBroker {
+    fn subscribe(&self, topic: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self
+            .commands
+            .send(Command::Subscribe(format!("{}{topic}", self.prefix), tx));
+        async move {
+            sent.map_err(|_| unavailable("redis broker stopped"))?;
+            rx.await
+                .unwrap_or_else(|_| Err(unavailable("redis broker stopped")))
+        }
+        .boxed()
+    }
+
+    fn unsubscribe(&self, topic: &str) {
+        let _ = self
+            .commands
+            .send(Command::Unsubscribe(format!("{}{topic}", self.prefix)));
+    }
+
+    fn publish(&self, topic: &str, payload: Bytes) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let channel = format!("{}{topic}", self.prefix);
+        let pool = self.pool.clone();
+        async move {
+            let pool = pool.map_err(unavailable)?;
+            let mut conn = pool.get().await.map_err(unavailable)?;
+            let mut command = redis::cmd("PUBLISH");
+            command.arg(channel).arg(payload.as_ref());
+            let publish = command.query_async::<i64>(&mut conn);
+            match timeout(IO_TIMEOUT, publish).await {
+                Ok(Ok(_receivers)) => Ok(()),
+                Ok(Err(err)) => Err(unavailable(err)),
+                Err(_) => Err(unavailable("redis did not answer PUBLISH in time")),
+            }
+        }
+        .boxed()
+    }
+
+    fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.clone()
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+/// The live subscribing connection.
+struct Link {
+    sink: PubSubSink,
+    /// Tells a stale "connection lost" report from the current one.
+    generation: u64,
+    /// Reads the message stream; aborted when the link is dropped.
+    reader: JoinHandle<()>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+struct Actor {
+    client: redis::Client,
+    reconnect_max: Duration,
+    prefix: Arc<str>,
+    target: Arc<dyn Deliver>,
+    /// Every channel this replica must hold, resubscribed on each reconnect.
+    channels: HashSet<String>,
+    link: Option<Link>,
+    ready: watch::Sender<bool>,
+    generation: u64,
+    /// Readers report the generation whose stream ended.
+    lost_tx: mpsc::UnboundedSender<u64>,
+    lost_rx: mpsc::UnboundedReceiver<u64>,
+}
+
+impl Actor {
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Command>) {
+        let mut backoff = BACKOFF_START;
+        let mut next_attempt = Instant::now();
+        let mut was_connected = false;
+        loop {
+            if self.link.is_none() && Instant::now() >= next_attempt {
+                match self.connect().await {
+                    Ok(()) => {
+                        if was_connected {
+                            tracing::info!(channels = self.channels.len(), "redis reconnected and resubscribed");
+                        } else {
+                            tracing::info!("redis connected");
+                        }
+                        was_connected = true;
+                        backoff = BACKOFF_START;
+                        self.ready.send_replace(true);
+                    }
+                    Err(err) => {
+                        let delay = jitter(backoff);
+                        tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "redis unavailable");
+                        next_attempt = Instant::now() + delay;
+                        backoff = (backoff * 2).min(self.reconnect_max);
+                    }
+                }
+                continue;
+            }
+            tokio::select! {
+                command = inbox.recv() => match command {
+                    Some(command) => self.handle(command).await,
+                    None => break,
+                },
+                Some(generation) = self.lost_rx.recv() => {
+                    if self.link.as_ref().is_some_and(|l| l.generation == generation) {
+                        tracing::warn!("redis connection lost; reconnecting");
+                        self.drop_link();
+                        next_attempt = Instant::now();
+                    }
+                }
+                _ = tokio::time::sleep_until(next_attempt), if self.link.is_none() => {}
+            }
+        }
+    }
+
+    fn drop_link(&mut self) {
+        self.link = None;
+        self.ready.send_replace(false);
+    }
+
+    async fn connect(&mut self) -> Result<(), String> {
+        let pubsub = timeout(IO_TIMEOUT, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(describe)?;
+        let (mut sink, mut stream) = pubsub.split();
+        if !self.channels.is_empty() {
+            let channels: Vec<&String> = self.channels.iter().collect();
+            timeout(IO_TIMEOUT, sink.subscribe(channels))
+                .await
+                .map_err(|_| "resubscribe timed out".to_string())?
+                .map_err(describe)?;
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        let (prefix, target, lost) = (self.prefix.clone(), self.target.clone(), self.lost_tx.clone());
+        let reader = tokio::spawn(async move {
+            while let Some(msg) = stream.next().await {
+                if let Some(topic) = msg.get_channel_name().strip_prefix(&*prefix) {
+                    target.deliver(topic, msg.get_payload_bytes());
+                }
+            }
+            let _ = lost.send(generation);
+        });
+        self.link = Some(Link {
+            sink,
+            generation,
+            reader,
+        });
+        Ok(())
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Subscribe(channel, reply) => {
+                let result = match self.link.as_mut() {
+                    None => Err(unavailable("redis is not connected")),
+                    Some(link) => match timeout(IO_TIMEOUT, link.sink.subscribe(&channel)).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(err)) => Err(unavailable(describe(err))),
+                        Err(_) => Err(unavailable("redis did not confirm SUBSCRIBE in time")),
+                    },
+                };
+                match &result {
+                    Ok(()) => {
+                        self.channels.insert(channel);
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "subscribe failed; reconnecting");
+                        self.drop_link();
+                    }
+                }
+                let _ = reply.send(result);
+            }
+            Command::Unsubscribe(channel) => {
+                self.channels.remove(&channel);
+                if let Some(link) = self.link.as_mut() {
+                    // A failure here means the link is dying; the reader reports it.
+                    let _ = timeout(IO_TIMEOUT, link.sink.unsubscribe(&channel)).await;
+                }
+            }
+        }
+    }
+}
+
+/// A log-friendly reason, with a hint for the errors operators hit most.
+fn describe(err: redis::RedisError) -> String {
+    let text = err.to_string();
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("wrongpass") || lower.contains("noauth") || lower.contains("auth") {
+        format!("redis refused authentication (check redis.password / the URL's password): {text}")
+    } else {
+        text
+    }
+}
+
+/// Between half and all of `delay`, so replicas do not reconnect in lockstep.
+fn jitter(delay: Duration) -> Duration {
+    use rand::Rng;
+    delay.mul_f64(rand::rng().random_range(0.5..=1.0))
+}

@@ -1,0 +1,182 @@
+//! warp routes: the WebSocket upgrade on `/` and `/ws`, `/healthz`, `/readyz`.
+//!
+//! The upgrade is taken by hand rather than with `warp::ws()`, whose
+//! tungstenite defaults cost about 133 KB per idle connection: here the read
+//! and write buffers are ours to size (a few KB per connection).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use warp::Filter;
+use warp::hyper::body::Bytes;
+
+use crate::server::Shared;
+
+type Body = warp::reply::Response;
+
+/// Bytes read from the socket per read call; larger messages still work.
+const READ_BUFFER: usize = 1024;
+/// Frames are coalesced up to this size before a write to the socket.
+const WRITE_BUFFER: usize = 4096;
+
+pub fn routes(
+    shared: Arc<Shared>,
+) -> impl Filter<Extract = (Body,), Error = std::convert::Infallible> + Clone {
+    healthz()
+        .or(readyz(shared.clone()))
+        .unify()
+        .or(upgrade(shared))
+        .unify()
+        .recover(|_rejection: warp::Rejection| async {
+            Ok::<_, std::convert::Infallible>(plain(StatusCode::NOT_FOUND, "not found\n"))
+        })
+        .unify()
+}
+
+fn with_state(
+    shared: Arc<Shared>,
+) -> impl Filter<Extract = (Arc<Shared>,), Error = std::convert::Infallible> + Clone {
+    warp::any().map(move || shared.clone())
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Body {
+    let mut response = Response::new(text.into());
+    *response.status_mut() = status;
+    response
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Body {
+    let mut response = Response::new(value.to_string().into());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn healthz() -> impl Filter<Extract = (Body,), Error = warp::Rejection> + Clone {
+    warp::path!("healthz")
+        .and(warp::get())
+        .map(|| plain(StatusCode::OK, "ok\n"))
+}
+
+fn readyz(shared: Arc<Shared>) -> impl Filter<Extract = (Body,), Error = warp::Rejection> + Clone {
+    warp::path!("readyz")
+        .and(warp::get())
+        .and(with_state(shared))
+        .map(|shared: Arc<Shared>| {
+            let broker = shared.hub.broker();
+            let ready = *broker.ready().borrow();
+            let config = shared.config.borrow().clone();
+            let redis = match (broker.kind(), ready) {
+                ("memory", _) => "unused",
+                (_, true) => "up",
+                (_, false) => "down",
+            };
+            let body = serde_json::json!({
+                "redis": redis,
+                "broker": broker.kind(),
+                "bypass": config.auth.mode == crate::auth::Mode::Bypass,
+                "connections": shared.connections(),
+            });
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json(status, &body)
+        })
+}
+
+fn upgrade(shared: Arc<Shared>) -> impl Filter<Extract = (Body,), Error = warp::Rejection> + Clone {
+    let path = warp::path::end().or(warp::path!("ws")).unify();
+    path.and(warp::get())
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<OnUpgrade>())
+        .and(warp::addr::remote())
+        .and(with_state(shared))
+        .map(
+            |headers: HeaderMap, on_upgrade: Option<OnUpgrade>, peer, shared| {
+                accept(&headers, on_upgrade, peer, shared)
+            },
+        )
+}
+
+/// Checks the handshake headers, answers 101 and hands the upgraded
+/// connection to a session task.
+fn accept(
+    headers: &HeaderMap,
+    on_upgrade: Option<OnUpgrade>,
+    peer: Option<SocketAddr>,
+    shared: Arc<Shared>,
+) -> Body {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value
+                .to_str()
+                .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return plain(StatusCode::UPGRADE_REQUIRED, "expected a WebSocket upgrade\n");
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        let mut response = plain(StatusCode::UPGRADE_REQUIRED, "unsupported WebSocket version\n");
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return response;
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
+    };
+    let Some(on_upgrade) = on_upgrade else {
+        return plain(StatusCode::BAD_REQUEST, "connection cannot be upgraded\n");
+    };
+    let config = shared.config.borrow().clone();
+    let origins = &config.server.allowed_origins;
+    if !origins.is_empty() {
+        let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+        if !origin.is_some_and(|o| origins.iter().any(|allowed| allowed == o)) {
+            return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
+        }
+    }
+    let Some(slot) = shared.open_connection(config.limits.max_connections) else {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
+    };
+    let accept_key = derive_accept_key(key.as_bytes());
+    let limit = config.limits.max_message_bytes;
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit));
+    tokio::spawn(async move {
+        let _slot = slot;
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let io = TokioIo::new(upgraded);
+                let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
+                crate::session::run(socket, shared, peer).await;
+            }
+            Err(err) => tracing::debug!(error = %err, "upgrade failed"),
+        }
+    });
+    let mut response = Response::new(Bytes::new().into());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(value) = HeaderValue::from_str(&accept_key) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, value);
+    }
+    response
+}

@@ -1,0 +1,224 @@
+//! Topic -> local subscribers, and the fan-out of broker messages to them.
+//!
+//! The first local subscriber of a topic makes the hub subscribe at the
+//! broker; later ones wait for that same confirmation; the last one to leave
+//! unsubscribes (SPEC §3). A broker message is encoded into its frame once
+//! and the same bytes are pushed to every subscriber's bounded queue with
+//! `try_send`: the hub never waits for a socket, and a full queue closes that
+//! client as a slow consumer (SPEC §1) without delaying anyone else.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::broker::{Broker, BrokerError, Deliver};
+use crate::protocol::{Disconnect, Frame, encode_delivery};
+
+/// A connection as the hub sees it: where its frames go and how to close it.
+#[derive(Clone)]
+pub struct ClientHandle {
+    /// Unique per process; identifies the client inside topic lists.
+    pub id: u64,
+    /// The connection's bounded send queue (`limits.send_queue`).
+    queue: mpsc::Sender<Frame>,
+    /// First reason wins; the session's reader and writer both watch it.
+    close: Arc<watch::Sender<Option<Disconnect>>>,
+}
+
+impl ClientHandle {
+    pub fn new(
+        id: u64,
+        queue: mpsc::Sender<Frame>,
+        close: Arc<watch::Sender<Option<Disconnect>>>,
+    ) -> Self {
+        Self { id, queue, close }
+    }
+
+    /// Queues `frame` without waiting; a full queue closes the client as a
+    /// slow consumer. Returns whether the frame was queued.
+    pub fn push(&self, frame: Frame) -> bool {
+        match self.queue.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(Disconnect::SlowConsumer);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Asks the session to close for `reason`, unless it is already closing.
+    pub fn close(&self, reason: Disconnect) {
+        self.close.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// A session waiting for the broker to confirm a topic's subscription.
+struct Waiter {
+    client: ClientHandle,
+    /// The subscribe reply, queued at activation before any delivery.
+    ack: Frame,
+    done: oneshot::Sender<Result<(), BrokerError>>,
+}
+
+enum Entry {
+    /// The broker subscription is in flight.
+    Pending(Vec<Waiter>),
+    /// Confirmed; deliveries go to these clients. Copy-on-write, so a
+    /// delivery clones the `Arc` and fans out without holding the lock.
+    Active(Arc<Vec<ClientHandle>>),
+}
+
+/// The topic table, shared by the hub (subscribe side) and the broker
+/// (delivery side).
+#[derive(Default)]
+pub struct Registry {
+    /// A std mutex: it is never held across an await, and every critical
+    /// section is a map operation or a `Vec` edit.
+    topics: Mutex<HashMap<String, Entry>>,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic while holding the lock cannot leave the map half-edited in
+        // a way that matters more than stopping deliveries would.
+        self.topics.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Topics with at least one local subscriber or a pending subscribe.
+    pub fn topic_count(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+impl Deliver for Registry {
+    fn deliver(&self, topic: &str, payload: &[u8]) {
+        let subscribers = match self.lock().get(topic) {
+            Some(Entry::Active(subscribers)) => subscribers.clone(),
+            _ => return,
+        };
+        let frame = encode_delivery(topic, payload);
+        for client in subscribers.iter() {
+            client.push(frame.clone());
+        }
+    }
+}
+
+/// Subscribe/unsubscribe for sessions, refcounted per topic at the broker.
+#[derive(Clone)]
+pub struct Hub {
+    registry: Arc<Registry>,
+    broker: Arc<dyn Broker>,
+}
+
+impl Hub {
+    pub fn new(registry: Arc<Registry>, broker: Arc<dyn Broker>) -> Self {
+        Self { registry, broker }
+    }
+
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Adds `client` to `topic` once the broker subscription is active, and
+    /// queues `ack` to it before any delivery of the topic. The caller must
+    /// not already hold the topic.
+    pub async fn subscribe(
+        &self,
+        topic: &str,
+        client: &ClientHandle,
+        ack: Frame,
+    ) -> Result<(), BrokerError> {
+        let (done, result) = oneshot::channel();
+        {
+            let mut topics = self.registry.lock();
+            let waiter = Waiter {
+                client: client.clone(),
+                ack,
+                done,
+            };
+            match topics.get_mut(topic) {
+                Some(Entry::Active(subscribers)) => {
+                    client.push(waiter.ack);
+                    Arc::make_mut(subscribers).push(waiter.client);
+                    return Ok(());
+                }
+                Some(Entry::Pending(waiters)) => waiters.push(waiter),
+                None => {
+                    topics.insert(topic.to_string(), Entry::Pending(vec![waiter]));
+                    // Spawned, so a session that goes away cannot strand the entry.
+                    let confirm = self.broker.subscribe(topic);
+                    let (hub, topic) = (self.clone(), topic.to_string());
+                    tokio::spawn(async move {
+                        let outcome = confirm.await;
+                        hub.activate(&topic, outcome);
+                    });
+                }
+            }
+        }
+        result
+            .await
+            .unwrap_or_else(|_| Err(BrokerError::Unavailable("subscription abandoned".into())))
+    }
+
+    fn activate(&self, topic: &str, outcome: Result<(), BrokerError>) {
+        let mut topics = self.registry.lock();
+        let Some(Entry::Pending(waiters)) = topics.remove(topic) else {
+            return;
+        };
+        match outcome {
+            Ok(()) => {
+                let mut subscribers = Vec::with_capacity(waiters.len());
+                for waiter in waiters {
+                    if waiter.done.send(Ok(())).is_ok() {
+                        waiter.client.push(waiter.ack);
+                        subscribers.push(waiter.client);
+                    }
+                }
+                if subscribers.is_empty() {
+                    self.broker.unsubscribe(topic);
+                } else {
+                    topics.insert(topic.to_string(), Entry::Active(Arc::new(subscribers)));
+                }
+            }
+            Err(err) => {
+                for waiter in waiters {
+                    let _ = waiter.done.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    /// Removes client `id` from `topic`; the last local subscriber leaving
+    /// unsubscribes at the broker at once.
+    pub fn unsubscribe(&self, topic: &str, id: u64) {
+        let mut topics = self.registry.lock();
+        let now_empty = match topics.get_mut(topic) {
+            Some(Entry::Active(subscribers)) => {
+                Arc::make_mut(subscribers).retain(|c| c.id != id);
+                subscribers.is_empty()
+            }
+            Some(Entry::Pending(waiters)) => {
+                waiters.retain(|w| w.client.id != id);
+                false
+            }
+            None => false,
+        };
+        if now_empty {
+            topics.remove(topic);
+            self.broker.unsubscribe(topic);
+        }
+    }
+}

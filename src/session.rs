@@ -1,0 +1,419 @@
+//! One WebSocket connection: the SPEC §1 state machine.
+//!
+//! Two tasks per connection. The reader (this module's `run`) owns the
+//! session state and handles requests one at a time, in order; it also
+//! watches token expiry, the auth deadline, config changes, shutdown and
+//! close requests from the hub. The writer drains the bounded send queue
+//! into the socket, several frames per flush. Both are generic over the
+//! socket's `Stream`/`Sink`, so the logic runs over any transport.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
+
+use crate::acl::{Decision, Policy};
+use crate::auth::{self, Identity, Mode};
+use crate::config::Config;
+use crate::hub::ClientHandle;
+use crate::protocol::{self, Action, Disconnect, ErrorCode, Frame, Request};
+use crate::server::Shared;
+
+/// How long the final frame and close frame may take before the TCP
+/// connection is simply dropped (SPEC §1, slow consumers).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most frames written per flush.
+const WRITE_BATCH: usize = 64;
+
+/// Where the session stands with authorization.
+enum Auth {
+    /// No successful authorization yet (or the token expired).
+    None,
+    /// A verified identity with its ACL bound once.
+    Authenticated {
+        identity: Identity,
+        policy: Policy,
+        /// When the token stops being valid (includes leeway).
+        expires: Option<Instant>,
+    },
+}
+
+struct Session {
+    /// The uuid clients must echo in every request.
+    id: String,
+    client: ClientHandle,
+    shared: Arc<Shared>,
+    /// The config this session's policy was bound against.
+    config: Arc<Config>,
+    auth: Auth,
+    /// ACL for requests without authorization in bypass mode.
+    anonymous: Option<Policy>,
+    /// Topics this session holds at the hub.
+    topics: HashSet<String>,
+    /// jwt mode: the connection closes unless authorized by then.
+    auth_deadline: Option<Instant>,
+}
+
+/// Serves one upgraded connection until it closes.
+pub async fn run<S>(socket: S, shared: Arc<Shared>, peer: Option<SocketAddr>)
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Send + 'static,
+{
+    let config = shared.config.borrow().clone();
+    let (queue_tx, queue_rx) = mpsc::channel(config.limits.send_queue);
+    let (close_tx, close_rx) = watch::channel(None);
+    let client = ClientHandle::new(shared.next_client_id(), queue_tx, Arc::new(close_tx));
+    let (sink, stream) = socket.split();
+    let writer = tokio::spawn(write_loop(sink, queue_rx, close_rx.clone()));
+
+    let id = uuid::Uuid::new_v4().to_string();
+    tracing::info!(session = %id, peer = ?peer, "connection opened");
+    for frame in protocol::greeting(&id) {
+        client.push(frame);
+    }
+    let auth_deadline =
+        (config.auth.mode == Mode::Jwt).then(|| Instant::now() + config.auth.timeout);
+    let mut session = Session {
+        id,
+        client,
+        shared,
+        config,
+        auth: Auth::None,
+        anonymous: None,
+        topics: HashSet::new(),
+        auth_deadline,
+    };
+    let reason = session.read_loop(stream, close_rx).await;
+    session.client.close(reason);
+    session.release_all();
+    tracing::info!(session = %session.id, peer = ?peer, reason = reason.code().unwrap_or("peer_closed"), "connection closed");
+    drop(session);
+    let _ = writer.await;
+}
+
+impl Session {
+    async fn read_loop<R>(
+        &mut self,
+        mut stream: R,
+        mut close_rx: watch::Receiver<Option<Disconnect>>,
+    ) -> Disconnect
+    where
+        R: Stream<Item = Result<Message, WsError>> + Unpin,
+    {
+        let mut config_rx = self.shared.config.clone();
+        let mut shutdown = self.shared.shutdown.clone();
+        if *shutdown.borrow_and_update() {
+            return Disconnect::Shutdown;
+        }
+        loop {
+            let expires = match &self.auth {
+                Auth::Authenticated { expires, .. } => *expires,
+                Auth::None => None,
+            };
+            tokio::select! {
+                message = stream.next() => match message {
+                    None | Some(Ok(Message::Close(_))) => return Disconnect::Gone,
+                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                        return Disconnect::TooLarge;
+                    }
+                    Some(Err(_)) => return Disconnect::Gone,
+                    Some(Ok(Message::Text(text))) => self.handle_text(&text).await,
+                    Some(Ok(Message::Binary(_))) => {
+                        self.client.push(protocol::decode_failure(&protocol::DecodeError {
+                            code: ErrorCode::BadRequest,
+                            detail: "binary frames are not accepted; send JSON text".into(),
+                            id: None,
+                        }));
+                    }
+                    Some(Ok(_)) => {}
+                },
+                changed = close_rx.changed() => {
+                    return match changed {
+                        Ok(()) => close_rx.borrow().unwrap_or(Disconnect::Gone),
+                        Err(_) => Disconnect::Gone,
+                    };
+                }
+                _ = shutdown.changed() => return Disconnect::Shutdown,
+                _ = sleep_until(self.auth_deadline.unwrap_or_else(far_future)), if self.auth_deadline.is_some() => {
+                    return Disconnect::AuthTimeout;
+                }
+                _ = sleep_until(expires.unwrap_or_else(far_future)), if expires.is_some() => {
+                    self.expire();
+                }
+                changed = config_rx.changed() => {
+                    if changed.is_ok() {
+                        let config = config_rx.borrow_and_update().clone();
+                        self.apply_config(config);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle_text(&mut self, text: &str) {
+        let request = match protocol::decode(text) {
+            Ok(request) => request,
+            Err(err) => {
+                self.client.push(protocol::decode_failure(&err));
+                return;
+            }
+        };
+        if request.session != self.id {
+            self.fail(
+                &request,
+                ErrorCode::InvalidSession,
+                "session does not match this connection",
+            );
+            return;
+        }
+        match request.action {
+            Action::Authorization => self.authorize(&request),
+            Action::Subscribe => self.subscribe(&request).await,
+            Action::Unsubscribe => self.unsubscribe(&request),
+        }
+    }
+
+    fn fail(&self, request: &Request, code: ErrorCode, detail: &str) {
+        self.client.push(protocol::failure(
+            request.action,
+            code,
+            detail,
+            &request.context,
+            request.id.as_ref(),
+        ));
+    }
+
+    fn succeed(&self, request: &Request) {
+        self.client.push(protocol::success(
+            request.action,
+            &request.context,
+            request.id.as_ref(),
+        ));
+    }
+
+    fn authorize(&mut self, request: &Request) {
+        let identity = match self.config.auth.authorize(&request.context, auth::now()) {
+            Ok(identity) => identity,
+            Err(err) => {
+                tracing::info!(session = %self.id, reason = %err, "authorization refused");
+                self.fail(request, ErrorCode::InvalidToken, &err.to_string());
+                return;
+            }
+        };
+        let policy = self.config.acl.bind(&identity);
+        let expires = identity.expires_at.map(|exp| {
+            let left = exp.saturating_sub(auth::now());
+            Instant::now() + Duration::from_secs(left)
+        });
+        tracing::info!(session = %self.id, sub = identity.subject().unwrap_or("-"), "session authenticated");
+        self.auth = Auth::Authenticated {
+            identity,
+            policy,
+            expires,
+        };
+        self.auth_deadline = None;
+        // A refresh keeps what the new token allows and revokes the rest.
+        self.revoke_disallowed("no longer allowed by the new token");
+        self.succeed(request);
+    }
+
+    /// The ACL that applies now, or `None` when the request must be refused
+    /// as unauthenticated.
+    fn policy(&mut self) -> Option<&Policy> {
+        match &self.auth {
+            Auth::Authenticated { policy, .. } => Some(policy),
+            Auth::None if self.config.auth.mode == Mode::Bypass => {
+                let acl = &self.config.acl;
+                Some(
+                    self.anonymous
+                        .get_or_insert_with(|| acl.bind(&Identity::anonymous())),
+                )
+            }
+            Auth::None => None,
+        }
+    }
+
+    /// Checks the topic and authorization shared by subscribe and unsubscribe.
+    fn admit(&mut self, request: &Request) -> Option<Decision> {
+        if let Err(detail) = protocol::validate_topic(&request.context) {
+            self.fail(request, ErrorCode::BadRequest, &detail);
+            return None;
+        }
+        match self.policy() {
+            Some(policy) => Some(policy.check(&request.context)),
+            None => {
+                self.fail(
+                    request,
+                    ErrorCode::Unauthenticated,
+                    "send a successful authorization first",
+                );
+                None
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, request: &Request) {
+        let Some(decision) = self.admit(request) else {
+            return;
+        };
+        let topic = &request.context;
+        if !decision.allowed() {
+            let detail = match decision {
+                Decision::Deny(Some(rule)) => format!("acl rule {rule} denies topic {topic}"),
+                _ => format!("no rule allows topic {topic}"),
+            };
+            self.fail(request, ErrorCode::Forbidden, &detail);
+            return;
+        }
+        if self.topics.contains(topic) {
+            self.succeed(request);
+            return;
+        }
+        let max = self.config.limits.max_subscriptions;
+        if self.topics.len() >= max {
+            let detail = format!("at most {max} subscriptions per session");
+            self.fail(request, ErrorCode::LimitExceeded, &detail);
+            return;
+        }
+        let ack = protocol::success(request.action, topic, request.id.as_ref());
+        match self.shared.hub.subscribe(topic, &self.client, ack).await {
+            Ok(()) => {
+                self.topics.insert(topic.clone());
+            }
+            Err(err) => {
+                tracing::warn!(session = %self.id, error = %err, "subscribe unavailable");
+                self.fail(request, ErrorCode::Unavailable, &err.to_string());
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, request: &Request) {
+        if self.admit(request).is_none() {
+            return;
+        }
+        if self.topics.remove(&request.context) {
+            self.shared.hub.unsubscribe(&request.context, self.client.id);
+        }
+        self.succeed(request);
+    }
+
+    /// The token's `exp` passed: drop every subscription (SPEC §1).
+    fn expire(&mut self) {
+        tracing::info!(session = %self.id, "token expired");
+        self.auth = Auth::None;
+        let topics: Vec<String> = self.topics.iter().cloned().collect();
+        for topic in topics {
+            self.revoke(&topic, "token expired");
+        }
+        self.client.push(protocol::expired());
+        if self.config.auth.mode == Mode::Jwt {
+            self.auth_deadline = Some(Instant::now() + self.config.auth.timeout);
+        }
+    }
+
+    /// A new config: rebind the ACL and revoke what it no longer allows.
+    fn apply_config(&mut self, config: Arc<Config>) {
+        if Arc::ptr_eq(&config, &self.config) {
+            return;
+        }
+        self.config = config;
+        self.anonymous = None;
+        if let Auth::Authenticated {
+            identity, policy, ..
+        } = &mut self.auth
+        {
+            *policy = self.config.acl.bind(identity);
+        }
+        self.revoke_disallowed("no longer allowed by the acl");
+    }
+
+    fn revoke_disallowed(&mut self, detail: &str) {
+        let topics: Vec<String> = self.topics.iter().cloned().collect();
+        let Some(policy) = self.policy() else {
+            return;
+        };
+        let denied: Vec<String> = topics
+            .into_iter()
+            .filter(|t| !policy.check(t).allowed())
+            .collect();
+        for topic in denied {
+            self.revoke(&topic, detail);
+        }
+    }
+
+    fn revoke(&mut self, topic: &str, detail: &str) {
+        if self.topics.remove(topic) {
+            tracing::info!(session = %self.id, topic, reason = detail, "subscription revoked");
+            self.shared.hub.unsubscribe(topic, self.client.id);
+            self.client.push(protocol::revoked(topic, detail));
+        }
+    }
+
+    fn release_all(&mut self) {
+        for topic in self.topics.drain() {
+            self.shared.hub.unsubscribe(&topic, self.client.id);
+        }
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+/// Drains the queue into the socket until the session closes, then sends the
+/// final frame and close frame when the reason calls for them.
+async fn write_loop<W>(
+    mut sink: W,
+    mut queue: mpsc::Receiver<Frame>,
+    mut close_rx: watch::Receiver<Option<Disconnect>>,
+) where
+    W: Sink<Message, Error = WsError> + Unpin,
+{
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        let received = tokio::select! {
+            biased;
+            _ = close_rx.changed() => break,
+            n = queue.recv_many(&mut batch, WRITE_BATCH) => n,
+        };
+        if received == 0 {
+            break;
+        }
+        let write = async {
+            for frame in batch.drain(..) {
+                sink.feed(Message::Text(frame)).await?;
+            }
+            sink.flush().await
+        };
+        let written = tokio::select! {
+            _ = close_rx.changed() => break,
+            written = write => written,
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+    // A slow consumer's queue is discarded unsent, as is anything left.
+    drop(queue);
+    let reason = *close_rx.borrow();
+    let Some(reason) = reason else { return };
+    let (Some(frame), Some(code)) = (reason.final_frame(), reason.close_code()) else {
+        return;
+    };
+    let farewell = async {
+        sink.send(Message::Text(frame)).await?;
+        sink.send(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        })))
+        .await
+    };
+    let _ = timeout(CLOSE_TIMEOUT, farewell).await;
+}
