@@ -24,6 +24,8 @@ type Body = warp::reply::Response;
 const READ_BUFFER: usize = 1024;
 /// Frames are coalesced up to this size before a write to the socket.
 const WRITE_BUFFER: usize = 4096;
+/// Longest wait for the peer to close after we did.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub fn routes(
     shared: Arc<Shared>,
@@ -109,6 +111,23 @@ fn upgrade(shared: Arc<Shared>) -> impl Filter<Extract = (Body,), Error = warp::
         )
 }
 
+/// Closes our side, then reads and discards until the peer closes too (or
+/// [`LINGER`] passes). Closing with unread input would send a TCP reset,
+/// which can destroy the close frame before the peer reads it.
+async fn linger(mut io: TokioIo<hyper::upgrade::Upgraded>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = io.shutdown().await;
+    let mut scratch = [0u8; 512];
+    let drain = async {
+        while let Ok(n) = io.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
 /// Checks the handshake headers, answers 101 and hands the upgraded
 /// connection to a session task.
 fn accept(
@@ -165,7 +184,9 @@ fn accept(
             Ok(upgraded) => {
                 let io = TokioIo::new(upgraded);
                 let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
-                crate::session::run(socket, shared, peer).await;
+                if let Some(socket) = crate::session::run(socket, shared, peer).await {
+                    linger(socket.into_inner()).await;
+                }
             }
             Err(err) => tracing::debug!(error = %err, "upgrade failed"),
         }

@@ -61,16 +61,22 @@ struct Session {
     auth_deadline: Option<Instant>,
 }
 
-/// Serves one upgraded connection until it closes.
-pub async fn run<S>(socket: S, shared: Arc<Shared>, peer: Option<SocketAddr>)
+/// Serves one upgraded connection until it closes. Returns the socket, so
+/// the caller can linger on it: a peer that still has unread bytes in flight
+/// would otherwise get a reset and may lose the close frame.
+pub async fn run<S>(socket: S, shared: Arc<Shared>, peer: Option<SocketAddr>) -> Option<S>
 where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Send + 'static,
+    S: Stream<Item = Result<Message, WsError>>
+        + Sink<Message, Error = WsError>
+        + Unpin
+        + Send
+        + 'static,
 {
     let config = shared.config.borrow().clone();
     let (queue_tx, queue_rx) = mpsc::channel(config.limits.send_queue);
     let (close_tx, close_rx) = watch::channel(None);
     let client = ClientHandle::new(shared.next_client_id(), queue_tx, Arc::new(close_tx));
-    let (sink, stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     let writer = tokio::spawn(write_loop(sink, queue_rx, close_rx.clone()));
 
     let id = uuid::Uuid::new_v4().to_string();
@@ -90,18 +96,19 @@ where
         topics: HashSet::new(),
         auth_deadline,
     };
-    let reason = session.read_loop(stream, close_rx).await;
+    let reason = session.read_loop(&mut stream, close_rx).await;
     session.client.close(reason);
     session.release_all();
     tracing::info!(session = %session.id, peer = ?peer, reason = reason.code().unwrap_or("peer_closed"), "connection closed");
     drop(session);
-    let _ = writer.await;
+    let sink = writer.await.ok()?;
+    stream.reunite(sink).ok()
 }
 
 impl Session {
     async fn read_loop<R>(
         &mut self,
-        mut stream: R,
+        stream: &mut R,
         mut close_rx: watch::Receiver<Option<Disconnect>>,
     ) -> Disconnect
     where
@@ -373,7 +380,8 @@ async fn write_loop<W>(
     mut sink: W,
     mut queue: mpsc::Receiver<Frame>,
     mut close_rx: watch::Receiver<Option<Disconnect>>,
-) where
+) -> W
+where
     W: Sink<Message, Error = WsError> + Unpin,
 {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
@@ -397,15 +405,15 @@ async fn write_loop<W>(
             written = write => written,
         };
         if written.is_err() {
-            return;
+            return sink;
         }
     }
     // A slow consumer's queue is discarded unsent, as is anything left.
     drop(queue);
     let reason = *close_rx.borrow();
-    let Some(reason) = reason else { return };
+    let Some(reason) = reason else { return sink };
     let (Some(frame), Some(code)) = (reason.final_frame(), reason.close_code()) else {
-        return;
+        return sink;
     };
     let farewell = async {
         sink.send(Message::Text(frame)).await?;
@@ -416,4 +424,5 @@ async fn write_loop<W>(
         .await
     };
     let _ = timeout(CLOSE_TIMEOUT, farewell).await;
+    sink
 }
