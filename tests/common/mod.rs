@@ -171,7 +171,10 @@ pub fn free_port() -> u16 {
 
 /// A config from TOML, with the test secret unless the text sets auth.
 pub fn config(toml_text: &str) -> Config {
-    let mut raw = RawConfig::from_toml(toml_text).expect("test config parses");
+    compile(RawConfig::from_toml(toml_text).expect("test config parses"))
+}
+
+fn compile(mut raw: RawConfig) -> Config {
     if raw.auth.jwt.secret.is_empty() && raw.auth.jwt.public_key_file.is_empty() {
         raw.auth.jwt.secret = SECRET.into();
     }
@@ -179,16 +182,26 @@ pub fn config(toml_text: &str) -> Config {
         .unwrap_or_else(|err| panic!("test config compiles: {err}"))
 }
 
-/// The usual test config: the given broker, jwt mode, `test-*`/`chat-*`
-/// allowed, plus `extra` TOML appended.
+/// The usual test config: the Redis broker on `redis` (memory when `None`),
+/// jwt mode, topics starting with `t` or `chat-` allowed unless `extra`
+/// (TOML) sets its own rules.
 pub fn base_config(redis: Option<&RedisServer>, extra: &str) -> Config {
-    let broker = match redis {
-        Some(redis) => format!("[broker]\nkind = \"redis\"\n[redis]\nurl = \"{}\"\n", redis.url()),
-        None => "[broker]\nkind = \"memory\"\n".to_string(),
-    };
-    config(&format!(
-        "{broker}{extra}\n[acl]\ndefault = \"deny\"\n[[acl.rules]]\ntopics = [\"test-*\", \"chat-*\", \"t*\"]\neffect = \"allow\"\n"
-    ))
+    let mut raw = RawConfig::from_toml(extra).expect("test config parses");
+    match redis {
+        Some(redis) => {
+            raw.broker.kind = "redis".into();
+            raw.redis.url = redis.url();
+        }
+        None => raw.broker.kind = "memory".into(),
+    }
+    if raw.acl.rules.is_empty() {
+        raw.acl = RawConfig::from_toml(
+            "[[acl.rules]]\ntopics = [\"t*\", \"chat-*\"]\neffect = \"allow\"\n",
+        )
+        .expect("test acl parses")
+        .acl;
+    }
+    compile(raw)
 }
 
 pub async fn start_gateway(config: Config) -> Gateway {
