@@ -145,13 +145,24 @@ fn accept(
         })
     };
     if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
-        return plain(StatusCode::UPGRADE_REQUIRED, "expected a WebSocket upgrade\n");
+        return plain(
+            StatusCode::UPGRADE_REQUIRED,
+            "expected a WebSocket upgrade\n",
+        );
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
-        let mut response = plain(StatusCode::UPGRADE_REQUIRED, "unsupported WebSocket version\n");
-        response
-            .headers_mut()
-            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        let mut response = plain(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported WebSocket version\n",
+        );
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         return response;
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
@@ -183,7 +194,8 @@ fn accept(
         match on_upgrade.await {
             Ok(upgraded) => {
                 let io = TokioIo::new(upgraded);
-                let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
+                let socket =
+                    WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
                 if let Some(socket) = crate::session::run(socket, shared, peer).await {
                     linger(socket.into_inner()).await;
                 }

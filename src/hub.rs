@@ -90,7 +90,9 @@ impl Registry {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
         // A panic while holding the lock cannot leave the map half-edited in
         // a way that matters more than stopping deliveries would.
-        self.topics.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.topics
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Topics with at least one local subscriber or a pending subscribe.

@@ -126,7 +126,9 @@ fn run(config: Config, log_format: Option<&str>) -> ExitCode {
     };
     runtime.block_on(async move {
         if config.auth.mode == topicgate::auth::Mode::Bypass {
-            tracing::warn!("auth.mode = \"bypass\": any client may authorize; never use this in production");
+            tracing::warn!(
+                "auth.mode = \"bypass\": any client may authorize; never use this in production"
+            );
         }
         let bind = config.server.bind;
         let listener = match tokio::net::TcpListener::bind(bind).await {

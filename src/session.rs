@@ -306,7 +306,9 @@ impl Session {
             return;
         }
         if self.topics.remove(&request.context) {
-            self.shared.hub.unsubscribe(&request.context, self.client.id);
+            self.shared
+                .hub
+                .unsubscribe(&request.context, self.client.id);
         }
         self.succeed(request);
     }

@@ -86,7 +86,8 @@ async fn json_and_text_payloads_round_trip(kind: Kind) {
     let h = Harness::new(kind, "").await;
     let mut c = h.user("alice").await;
     c.subscribed("test-channel").await;
-    h.publish("test-channel", r#"{"info":"Hello from Redis"}"#).await;
+    h.publish("test-channel", r#"{"info":"Hello from Redis"}"#)
+        .await;
     assert_eq!(
         c.recv().await,
         json!({"action":"message","topic":"test-channel","snapshot":{"info":"Hello from Redis"}})
@@ -269,7 +270,10 @@ async fn thousand_messages_arrive_complete_and_in_order(kind: Kind) {
     }
     for i in 0..1000 {
         let frame = c.recv().await;
-        assert_eq!(frame["snapshot"]["seq"], i, "message {i} out of order or lost");
+        assert_eq!(
+            frame["snapshot"]["seq"], i,
+            "message {i} out of order or lost"
+        );
     }
 }
 
@@ -280,7 +284,10 @@ async fn publish_right_after_subscribe_reply_is_delivered(kind: Kind) {
         let topic = format!("test-race-{i}");
         c.subscribed(&topic).await;
         h.publish(&topic, &i.to_string()).await;
-        assert_eq!(c.recv().await, json!({"action":"message","topic":topic,"snapshot":i}));
+        assert_eq!(
+            c.recv().await,
+            json!({"action":"message","topic":topic,"snapshot":i})
+        );
     }
 }
 

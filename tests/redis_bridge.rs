@@ -92,7 +92,11 @@ async fn resubscribing_after_the_last_unsubscribe_subscribes_again() {
 #[tokio::test]
 async fn channel_prefix_maps_topics_to_prefixed_channels() {
     let redis = RedisServer::start();
-    let gateway = start_gateway(base_config(Some(&redis), "[redis]\nchannel_prefix = \"app1:\"\n")).await;
+    let gateway = start_gateway(base_config(
+        Some(&redis),
+        "[redis]\nchannel_prefix = \"app1:\"\n",
+    ))
+    .await;
     let mut c = Client::connect(gateway.addr).await;
     c.login("alice").await;
     c.subscribed("chat-room").await;
@@ -133,7 +137,10 @@ async fn subscribe_while_redis_is_down_is_unavailable_and_recorded_nowhere() {
     ready.wait_for(|r| !*r).await.unwrap();
     let (status, body) = http_get(gateway.addr, "/readyz").await;
     assert_eq!(status, 503, "{body}");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["redis"], "down");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["redis"],
+        "down"
+    );
 
     let reply = c.subscribe("test-new").await;
     assert_eq!(reply["action"], "subscribe");

@@ -51,18 +51,16 @@ impl RedisBroker {
         let (commands, inbox) = mpsc::unbounded_channel();
         let (ready_tx, ready) = watch::channel(false);
         let info = connection_info(&settings);
-        let pool = info
-            .clone()
-            .and_then(|info| {
-                let manager = deadpool_redis::Manager::new(info).map_err(|e| e.to_string())?;
-                deadpool_redis::Pool::builder(manager)
-                    .max_size(settings.pool_size)
-                    .wait_timeout(Some(IO_TIMEOUT))
-                    .create_timeout(Some(IO_TIMEOUT))
-                    .runtime(deadpool_redis::Runtime::Tokio1)
-                    .build()
-                    .map_err(|e| e.to_string())
-            });
+        let pool = info.clone().and_then(|info| {
+            let manager = deadpool_redis::Manager::new(info).map_err(|e| e.to_string())?;
+            deadpool_redis::Pool::builder(manager)
+                .max_size(settings.pool_size)
+                .wait_timeout(Some(IO_TIMEOUT))
+                .create_timeout(Some(IO_TIMEOUT))
+                .runtime(deadpool_redis::Runtime::Tokio1)
+                .build()
+                .map_err(|e| e.to_string())
+        });
         let prefix: Arc<str> = settings.channel_prefix.as_str().into();
         match info.and_then(|info| redis::Client::open(info).map_err(|e| e.to_string())) {
             Ok(client) => {
@@ -201,7 +199,10 @@ impl Actor {
                 match self.connect().await {
                     Ok(()) => {
                         if was_connected {
-                            tracing::info!(channels = self.channels.len(), "redis reconnected and resubscribed");
+                            tracing::info!(
+                                channels = self.channels.len(),
+                                "redis reconnected and resubscribed"
+                            );
                         } else {
                             tracing::info!("redis connected");
                         }
@@ -255,7 +256,11 @@ impl Actor {
         }
         self.generation += 1;
         let generation = self.generation;
-        let (prefix, target, lost) = (self.prefix.clone(), self.target.clone(), self.lost_tx.clone());
+        let (prefix, target, lost) = (
+            self.prefix.clone(),
+            self.target.clone(),
+            self.lost_tx.clone(),
+        );
         let reader = tokio::spawn(async move {
             while let Some(msg) = stream.next().await {
                 if let Some(topic) = msg.get_channel_name().strip_prefix(&*prefix) {

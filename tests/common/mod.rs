@@ -128,7 +128,11 @@ pub async fn connect_redis(url: &str) -> redis::aio::MultiplexedConnection {
         .expect("connect to the test redis")
 }
 
-pub async fn redis_publish(conn: &mut redis::aio::MultiplexedConnection, channel: &str, payload: &str) -> i64 {
+pub async fn redis_publish(
+    conn: &mut redis::aio::MultiplexedConnection,
+    channel: &str,
+    payload: &str,
+) -> i64 {
     redis::cmd("PUBLISH")
         .arg(channel)
         .arg(payload)
@@ -157,7 +161,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -244,7 +251,10 @@ impl Client {
     pub async fn connect_path(addr: SocketAddr, path: &str) -> Self {
         let mut ws = Self::raw(addr, path).await;
         let first = next_json(&mut ws).await;
-        assert_eq!(first, json!({"action":"connect","message":"connection established"}));
+        assert_eq!(
+            first,
+            json!({"action":"connect","message":"connection established"})
+        );
         let second = next_json(&mut ws).await;
         assert_eq!(second["action"], "session");
         assert_eq!(second["message"], "waiting for create session");
@@ -296,7 +306,10 @@ impl Client {
     /// Authorizes with a fresh token for `sub` and asserts success.
     pub async fn login(&mut self, sub: &str) {
         let reply = self.authorize(&token(json!({"sub": sub}))).await;
-        assert_eq!(reply, json!({"action":"session","message":"session authenticated"}));
+        assert_eq!(
+            reply,
+            json!({"action":"session","message":"session authenticated"})
+        );
     }
 
     /// Subscribes and asserts the success reply.
@@ -356,12 +369,18 @@ async fn next_json(ws: &mut WebSocketStream<TcpStream>) -> Value {
 
 /// A plain HTTP/1.1 GET; returns the status code and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    http_request(addr, &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")).await
+    http_request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
+    )
+    .await
 }
 
 pub async fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
     let mut tcp = TcpStream::connect(addr).await.expect("tcp connect");
-    tcp.write_all(request.as_bytes()).await.expect("write request");
+    tcp.write_all(request.as_bytes())
+        .await
+        .expect("write request");
     let mut response = Vec::new();
     tokio::time::timeout(EVENT_TIMEOUT, tcp.read_to_end(&mut response))
         .await
@@ -373,6 +392,9 @@ pub async fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
