@@ -37,6 +37,18 @@ impl Shared {
         self.connections.load(Ordering::Acquire)
     }
 
+    /// Resolves once at most `n` connections are open.
+    pub async fn connections_at_most(&self, n: usize) {
+        loop {
+            // Registered before the check, so a close in between still wakes us.
+            let closed = self.connection_closed.notified();
+            if self.connections() <= n {
+                return;
+            }
+            closed.await;
+        }
+    }
+
     /// Reserves a connection slot, or `None` at `limit`.
     pub fn open_connection(self: &Arc<Self>, limit: usize) -> Option<ConnectionSlot> {
         let previous = self.connections.fetch_add(1, Ordering::AcqRel);
@@ -105,16 +117,7 @@ impl Gateway {
     pub async fn shutdown(self) -> usize {
         let grace = self.shared.config.borrow().server.shutdown_grace;
         self.shutdown.send_replace(true);
-        let drained = async {
-            loop {
-                let closed = self.shared.connection_closed.notified();
-                if self.shared.connections() == 0 {
-                    break;
-                }
-                closed.await;
-            }
-        };
-        let _ = tokio::time::timeout(grace, drained).await;
+        let _ = tokio::time::timeout(grace, self.shared.connections_at_most(0)).await;
         self.server.abort();
         self.shared.connections()
     }

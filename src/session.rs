@@ -59,6 +59,47 @@ struct Session {
     topics: HashSet<String>,
     /// jwt mode: the connection closes unless authorized by then.
     auth_deadline: Option<Instant>,
+    /// `limits.requests_per_sec` / `request_burst` for this connection.
+    requests: TokenBucket,
+}
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved up.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(limits: &crate::config::Limits, now: Instant) -> Self {
+        let burst = f64::from(limits.request_burst);
+        Self {
+            rate: f64::from(limits.requests_per_sec),
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// New limits apply from now on; saved tokens are kept up to the new burst.
+    fn reconfigure(&mut self, limits: &crate::config::Limits) {
+        self.rate = f64::from(limits.requests_per_sec);
+        self.burst = f64::from(limits.request_burst);
+        self.tokens = self.tokens.min(self.burst);
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let earned = now.saturating_duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Serves one upgraded connection until it closes. Returns the socket, so
@@ -77,7 +118,8 @@ where
     let (close_tx, close_rx) = watch::channel(None);
     let client = ClientHandle::new(shared.next_client_id(), queue_tx, Arc::new(close_tx));
     let (sink, mut stream) = socket.split();
-    let writer = tokio::spawn(write_loop(sink, queue_rx, close_rx.clone()));
+    let heartbeat = config.server.idle_timeout / 3;
+    let writer = tokio::spawn(write_loop(sink, queue_rx, close_rx.clone(), heartbeat));
 
     let id = uuid::Uuid::new_v4().to_string();
     tracing::info!(session = %id, peer = ?peer, "connection opened");
@@ -87,6 +129,7 @@ where
     let auth_deadline =
         (config.auth.mode == Mode::Jwt).then(|| Instant::now() + config.auth.timeout);
     let mut session = Session {
+        requests: TokenBucket::new(&config.limits, Instant::now()),
         id,
         client,
         shared,
@@ -115,6 +158,10 @@ impl Session {
         R: Stream<Item = Result<Message, WsError>> + Unpin,
     {
         let mut config_rx = self.shared.config.clone();
+        let idle_timeout = self.config.server.idle_timeout;
+        let mut last_seen = Instant::now();
+        let mut heartbeat = tokio::time::interval(idle_timeout / 3);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = self.shared.shutdown.clone();
         if *shutdown.borrow_and_update() {
             return Disconnect::Shutdown;
@@ -125,7 +172,9 @@ impl Session {
                 Auth::None => None,
             };
             tokio::select! {
-                message = stream.next() => match message {
+                message = stream.next() => {
+                    last_seen = Instant::now();
+                    match message {
                     None | Some(Ok(Message::Close(_))) => return Disconnect::Gone,
                     Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
                         return Disconnect::TooLarge;
@@ -140,7 +189,15 @@ impl Session {
                         }));
                     }
                     Some(Ok(_)) => {}
-                },
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    // The writer pings every third of the timeout; any frame,
+                    // pongs included, proves the peer alive.
+                    if last_seen.elapsed() >= idle_timeout {
+                        return Disconnect::Idle;
+                    }
+                }
                 changed = close_rx.changed() => {
                     return match changed {
                         Ok(()) => close_rx.borrow().unwrap_or(Disconnect::Gone),
@@ -165,13 +222,24 @@ impl Session {
     }
 
     async fn handle_text(&mut self, text: &str) {
-        let request = match protocol::decode(text) {
+        let decoded = protocol::decode(text);
+        let allowed = self.requests.take(Instant::now());
+        let request = match decoded {
             Ok(request) => request,
             Err(err) => {
                 self.client.push(protocol::decode_failure(&err));
                 return;
             }
         };
+        if !allowed {
+            let limits = &self.config.limits;
+            let detail = format!(
+                "more than {} requests a second (burst {})",
+                limits.requests_per_sec, limits.request_burst
+            );
+            self.fail(&request, ErrorCode::LimitExceeded, &detail);
+            return;
+        }
         if request.session != self.id {
             self.fail(
                 &request,
@@ -334,6 +402,7 @@ impl Session {
         }
         self.config = config;
         self.anonymous = None;
+        self.requests.reconfigure(&self.config.limits);
         if let Auth::Authenticated {
             identity, policy, ..
         } = &mut self.auth
@@ -382,21 +451,29 @@ async fn write_loop<W>(
     mut sink: W,
     mut queue: mpsc::Receiver<Frame>,
     mut close_rx: watch::Receiver<Option<Disconnect>>,
+    heartbeat: Duration,
 ) -> W
 where
     W: Sink<Message, Error = WsError> + Unpin,
 {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let received = tokio::select! {
+        // `ping_due` when the heartbeat woke us rather than frames.
+        let (received, ping_due) = tokio::select! {
             biased;
             _ = close_rx.changed() => break,
-            n = queue.recv_many(&mut batch, WRITE_BATCH) => n,
+            n = queue.recv_many(&mut batch, WRITE_BATCH) => (n, false),
+            _ = ping.tick() => (0, true),
         };
-        if received == 0 {
+        if received == 0 && !ping_due {
             break;
         }
         let write = async {
+            if ping_due {
+                sink.feed(Message::Ping(Default::default())).await?;
+            }
             for frame in batch.drain(..) {
                 sink.feed(Message::Text(frame)).await?;
             }

@@ -398,3 +398,52 @@ pub async fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// Sends a WebSocket upgrade request by hand with `extra` header lines and
+/// returns the status code with the still-open TCP stream. No WebSocket
+/// library sits on top, so nothing answers the server's pings.
+pub async fn raw_upgrade(addr: SocketAddr, extra: &str) -> (u16, TcpStream) {
+    let mut tcp = TcpStream::connect(addr).await.expect("tcp connect");
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+    );
+    tcp.write_all(request.as_bytes())
+        .await
+        .expect("write upgrade");
+    // Read the response head byte by byte so no frame bytes are consumed.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(EVENT_TIMEOUT, tcp.read(&mut byte))
+            .await
+            .expect("response in time")
+            .expect("read response");
+        if n == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let status = String::from_utf8_lossy(&head)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, tcp)
+}
+
+/// Reads and discards until the peer closes the TCP connection; returns
+/// the number of bytes read.
+pub async fn read_until_eof(tcp: &mut TcpStream) -> usize {
+    let mut total = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(EVENT_TIMEOUT, tcp.read(&mut buf))
+            .await
+            .expect("connection closed in time")
+        {
+            Ok(0) | Err(_) => return total,
+            Ok(n) => total += n,
+        }
+    }
+}
