@@ -16,6 +16,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use crate::config::{BrokerKind, Config};
+use crate::metrics::Metrics;
 
 /// Where a broker hands incoming messages. Must not block: it runs on the
 /// broker's receive path, so one slow call would delay every topic.
@@ -37,6 +38,9 @@ pub trait Broker: Send + Sync + 'static {
     fn unsubscribe(&self, topic: &str);
     /// Publishes `payload` to every replica's subscribers of `topic`.
     fn publish(&self, topic: &str, payload: Bytes) -> BoxFuture<'static, Result<(), BrokerError>>;
+    /// Applies a new config's broker settings, if they changed. Live
+    /// subscriptions must survive: connect anew, resubscribe, then let go.
+    fn reconfigure(&self, _config: &Config) {}
     /// `true` while the broker can subscribe and publish (`/readyz`).
     fn ready(&self) -> watch::Receiver<bool>;
     /// `broker.kind` as configured, for `/readyz` and logs.
@@ -44,11 +48,13 @@ pub trait Broker: Send + Sync + 'static {
 }
 
 /// Starts the broker `config.broker` names, delivering into `target`.
-pub fn start(config: &Config, target: Arc<dyn Deliver>) -> Arc<dyn Broker> {
+pub fn start(config: &Config, target: Arc<dyn Deliver>, metrics: Arc<Metrics>) -> Arc<dyn Broker> {
     match config.broker {
         BrokerKind::Memory => Arc::new(memory::MemoryBroker::new(target)),
-        BrokerKind::Redis | BrokerKind::RedisCluster => {
-            Arc::new(redis::RedisBroker::start(config.redis.clone(), target))
-        }
+        BrokerKind::Redis | BrokerKind::RedisCluster => Arc::new(redis::RedisBroker::start(
+            config.redis.clone(),
+            target,
+            metrics,
+        )),
     }
 }

@@ -33,6 +33,8 @@ pub fn routes(
     healthz()
         .or(readyz(shared.clone()))
         .unify()
+        .or(metrics(shared.clone()))
+        .unify()
         .or(upgrade(shared))
         .unify()
         .recover(|_rejection: warp::Rejection| async {
@@ -94,6 +96,20 @@ fn readyz(shared: Arc<Shared>) -> impl Filter<Extract = (Body,), Error = warp::R
                 StatusCode::SERVICE_UNAVAILABLE
             };
             json(status, &body)
+        })
+}
+
+fn metrics(shared: Arc<Shared>) -> impl Filter<Extract = (Body,), Error = warp::Rejection> + Clone {
+    warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state(shared))
+        .map(|shared: Arc<Shared>| {
+            let mut response = Response::new(shared.metrics.render().into());
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            response
         })
 }
 

@@ -11,9 +11,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
 use crate::broker::{Broker, BrokerError, Deliver};
+use crate::metrics::Metrics;
 use crate::protocol::{Disconnect, Frame, encode_delivery};
+
+/// One queued frame. Deliveries carry their broker arrival time, so the
+/// writer can measure delivery latency when the frame reaches the socket.
+pub struct Outbound {
+    pub frame: Frame,
+    /// `Some` for deliveries, `None` for replies.
+    pub arrived: Option<Instant>,
+}
 
 /// A connection as the hub sees it: where its frames go and how to close it.
 #[derive(Clone)]
@@ -21,7 +31,7 @@ pub struct ClientHandle {
     /// Unique per process; identifies the client inside topic lists.
     pub id: u64,
     /// The connection's bounded send queue (`limits.send_queue`).
-    queue: mpsc::Sender<Frame>,
+    queue: mpsc::Sender<Outbound>,
     /// First reason wins; the session's reader and writer both watch it.
     close: Arc<watch::Sender<Option<Disconnect>>>,
 }
@@ -29,16 +39,23 @@ pub struct ClientHandle {
 impl ClientHandle {
     pub fn new(
         id: u64,
-        queue: mpsc::Sender<Frame>,
+        queue: mpsc::Sender<Outbound>,
         close: Arc<watch::Sender<Option<Disconnect>>>,
     ) -> Self {
         Self { id, queue, close }
     }
 
-    /// Queues `frame` without waiting; a full queue closes the client as a
+    /// Queues a reply without waiting; a full queue closes the client as a
     /// slow consumer. Returns whether the frame was queued.
     pub fn push(&self, frame: Frame) -> bool {
-        match self.queue.try_send(frame) {
+        self.enqueue(Outbound {
+            frame,
+            arrived: None,
+        })
+    }
+
+    fn enqueue(&self, outbound: Outbound) -> bool {
+        match self.queue.try_send(outbound) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.close(Disconnect::SlowConsumer);
@@ -79,14 +96,21 @@ enum Entry {
 
 /// The topic table, shared by the hub (subscribe side) and the broker
 /// (delivery side).
-#[derive(Default)]
 pub struct Registry {
     /// A std mutex: it is never held across an await, and every critical
     /// section is a map operation or a `Vec` edit.
     topics: Mutex<HashMap<String, Entry>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            topics: Mutex::default(),
+            metrics,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
         // A panic while holding the lock cannot leave the map half-edited in
         // a way that matters more than stopping deliveries would.
@@ -103,13 +127,25 @@ impl Registry {
 
 impl Deliver for Registry {
     fn deliver(&self, topic: &str, payload: &[u8]) {
+        let arrived = Instant::now();
         let subscribers = match self.lock().get(topic) {
             Some(Entry::Active(subscribers)) => subscribers.clone(),
             _ => return,
         };
+        self.metrics.broker_messages.inc();
         let frame = encode_delivery(topic, payload);
+        let mut dropped = 0;
         for client in subscribers.iter() {
-            client.push(frame.clone());
+            let outbound = Outbound {
+                frame: frame.clone(),
+                arrived: Some(arrived),
+            };
+            if !client.enqueue(outbound) {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            self.metrics.dropped("slow_consumer", dropped);
         }
     }
 }
@@ -160,6 +196,7 @@ impl Hub {
                 Some(Entry::Pending(waiters)) => waiters.push(waiter),
                 None => {
                     topics.insert(topic.to_string(), Entry::Pending(vec![waiter]));
+                    self.registry.metrics.topics.set(topics.len() as i64);
                     // Spawned, so a session that goes away cannot strand the entry.
                     let confirm = self.broker.subscribe(topic);
                     let (hub, topic) = (self.clone(), topic.to_string());
@@ -201,6 +238,7 @@ impl Hub {
                 }
             }
         }
+        self.registry.metrics.topics.set(topics.len() as i64);
     }
 
     /// Removes client `id` from `topic`; the last local subscriber leaving
@@ -220,6 +258,7 @@ impl Hub {
         };
         if now_empty {
             topics.remove(topic);
+            self.registry.metrics.topics.set(topics.len() as i64);
             self.broker.unsubscribe(topic);
         }
     }

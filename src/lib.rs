@@ -27,6 +27,7 @@ pub mod broker;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod session;

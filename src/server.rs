@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::broker;
 use crate::config::Config;
 use crate::hub::{Hub, Registry};
+use crate::metrics::Metrics;
 
 /// State every connection and route shares.
 pub struct Shared {
@@ -21,6 +22,8 @@ pub struct Shared {
     pub config: watch::Receiver<Arc<Config>>,
     /// Flips to `true` once: sessions close with 1001.
     pub shutdown: watch::Receiver<bool>,
+    /// This gateway's Prometheus series.
+    pub metrics: Arc<Metrics>,
     next_client: AtomicU64,
     /// Open WebSocket connections, checked against `limits.max_connections`.
     connections: AtomicUsize,
@@ -52,6 +55,7 @@ impl Shared {
     /// Reserves a connection slot, or `None` at `limit`.
     pub fn open_connection(self: &Arc<Self>, limit: usize) -> Option<ConnectionSlot> {
         let previous = self.connections.fetch_add(1, Ordering::AcqRel);
+        self.metrics.connections.inc();
         let slot = ConnectionSlot(self.clone());
         (previous < limit).then_some(slot)
     }
@@ -63,6 +67,7 @@ pub struct ConnectionSlot(Arc<Shared>);
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.connections.dec();
         self.0.connection_closed.notify_waiters();
     }
 }
@@ -83,14 +88,16 @@ impl Gateway {
     pub fn start(listener: TcpListener, config: Config) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let config = Arc::new(config);
-        let registry = Arc::new(Registry::default());
-        let broker = broker::start(&config, registry.clone());
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::new(metrics.clone()));
+        let broker = broker::start(&config, registry.clone(), metrics.clone());
         let (config_tx, config_rx) = watch::channel(config);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             hub: Hub::new(registry, broker),
             config: config_rx,
             shutdown: shutdown_rx.clone(),
+            metrics,
             next_client: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             connection_closed: Notify::new(),

@@ -22,8 +22,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityE
 use crate::acl::{Decision, Policy};
 use crate::auth::{self, Identity, Mode};
 use crate::config::Config;
-use crate::hub::ClientHandle;
-use crate::protocol::{self, Action, Disconnect, ErrorCode, Frame, Request};
+use crate::hub::{ClientHandle, Outbound};
+use crate::metrics::Metrics;
+use crate::protocol::{self, Action, Disconnect, ErrorCode, Request};
 use crate::server::Shared;
 
 /// How long the final frame and close frame may take before the TCP
@@ -119,7 +120,13 @@ where
     let client = ClientHandle::new(shared.next_client_id(), queue_tx, Arc::new(close_tx));
     let (sink, mut stream) = socket.split();
     let heartbeat = config.server.idle_timeout / 3;
-    let writer = tokio::spawn(write_loop(sink, queue_rx, close_rx.clone(), heartbeat));
+    let writer = tokio::spawn(write_loop(
+        sink,
+        queue_rx,
+        close_rx.clone(),
+        heartbeat,
+        shared.metrics.clone(),
+    ));
 
     let id = uuid::Uuid::new_v4().to_string();
     tracing::info!(session = %id, peer = ?peer, "connection opened");
@@ -206,6 +213,7 @@ impl Session {
                 }
                 _ = shutdown.changed() => return Disconnect::Shutdown,
                 _ = sleep_until(self.auth_deadline.unwrap_or_else(far_future)), if self.auth_deadline.is_some() => {
+                    self.shared.metrics.auth_failure("auth_timeout");
                     return Disconnect::AuthTimeout;
                 }
                 _ = sleep_until(expires.unwrap_or_else(far_future)), if expires.is_some() => {
@@ -278,6 +286,7 @@ impl Session {
             Ok(identity) => identity,
             Err(err) => {
                 tracing::info!(session = %self.id, reason = %err, "authorization refused");
+                self.shared.metrics.auth_failure("invalid_token");
                 self.fail(request, ErrorCode::InvalidToken, &err.to_string());
                 return;
             }
@@ -288,6 +297,9 @@ impl Session {
             Instant::now() + Duration::from_secs(left)
         });
         tracing::info!(session = %self.id, sub = identity.subject().unwrap_or("-"), "session authenticated");
+        if matches!(self.auth, Auth::None) {
+            self.shared.metrics.sessions_authenticated.inc();
+        }
         self.auth = Auth::Authenticated {
             identity,
             policy,
@@ -324,6 +336,7 @@ impl Session {
         match self.policy() {
             Some(policy) => Some(policy.check(&request.context)),
             None => {
+                self.shared.metrics.auth_failure("unauthenticated");
                 self.fail(
                     request,
                     ErrorCode::Unauthenticated,
@@ -361,6 +374,7 @@ impl Session {
         match self.shared.hub.subscribe(topic, &self.client, ack).await {
             Ok(()) => {
                 self.topics.insert(topic.clone());
+                self.shared.metrics.subscriptions.inc();
             }
             Err(err) => {
                 tracing::warn!(session = %self.id, error = %err, "subscribe unavailable");
@@ -374,6 +388,7 @@ impl Session {
             return;
         }
         if self.topics.remove(&request.context) {
+            self.shared.metrics.subscriptions.dec();
             self.shared
                 .hub
                 .unsubscribe(&request.context, self.client.id);
@@ -385,6 +400,7 @@ impl Session {
     fn expire(&mut self) {
         tracing::info!(session = %self.id, "token expired");
         self.auth = Auth::None;
+        self.shared.metrics.sessions_authenticated.dec();
         let topics: Vec<String> = self.topics.iter().cloned().collect();
         for topic in topics {
             self.revoke(&topic, "token expired");
@@ -428,15 +444,23 @@ impl Session {
 
     fn revoke(&mut self, topic: &str, detail: &str) {
         if self.topics.remove(topic) {
+            self.shared.metrics.subscriptions.dec();
             tracing::info!(session = %self.id, topic, reason = detail, "subscription revoked");
             self.shared.hub.unsubscribe(topic, self.client.id);
             self.client.push(protocol::revoked(topic, detail));
         }
     }
 
+    /// The connection is over: let go of every topic and of the gauges.
     fn release_all(&mut self) {
+        let metrics = &self.shared.metrics;
+        metrics.subscriptions.sub(self.topics.len() as i64);
         for topic in self.topics.drain() {
             self.shared.hub.unsubscribe(&topic, self.client.id);
+        }
+        if matches!(self.auth, Auth::Authenticated { .. }) {
+            metrics.sessions_authenticated.dec();
+            self.auth = Auth::None;
         }
     }
 }
@@ -449,14 +473,17 @@ fn far_future() -> Instant {
 /// final frame and close frame when the reason calls for them.
 async fn write_loop<W>(
     mut sink: W,
-    mut queue: mpsc::Receiver<Frame>,
+    mut queue: mpsc::Receiver<Outbound>,
     mut close_rx: watch::Receiver<Option<Disconnect>>,
     heartbeat: Duration,
+    metrics: Arc<Metrics>,
 ) -> W
 where
     W: Sink<Message, Error = WsError> + Unpin,
 {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
+    // Broker arrival times of the deliveries in the batch being written.
+    let mut arrivals = Vec::with_capacity(WRITE_BATCH);
     let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -474,8 +501,9 @@ where
             if ping_due {
                 sink.feed(Message::Ping(Default::default())).await?;
             }
-            for frame in batch.drain(..) {
-                sink.feed(Message::Text(frame)).await?;
+            for outbound in batch.drain(..) {
+                arrivals.extend(outbound.arrived);
+                sink.feed(Message::Text(outbound.frame)).await?;
             }
             sink.flush().await
         };
@@ -486,10 +514,28 @@ where
         if written.is_err() {
             return sink;
         }
+        let now = Instant::now();
+        metrics.frames_delivered.inc_by(arrivals.len() as u64);
+        for arrived in arrivals.drain(..) {
+            let latency = now.saturating_duration_since(arrived);
+            metrics.delivery_latency.observe(latency.as_secs_f64());
+        }
     }
-    // A slow consumer's queue is discarded unsent, as is anything left.
-    drop(queue);
     let reason = *close_rx.borrow();
+    // A slow consumer's queue is discarded unsent, as is anything left.
+    queue.close();
+    let mut left = batch.iter().filter(|o| o.arrived.is_some()).count() as u64;
+    while let Ok(outbound) = queue.try_recv() {
+        left += u64::from(outbound.arrived.is_some());
+    }
+    if left > 0 {
+        let why = match reason {
+            Some(Disconnect::SlowConsumer) => "slow_consumer",
+            _ => "closed",
+        };
+        metrics.dropped(why, left);
+    }
+    drop(queue);
     let Some(reason) = reason else { return sink };
     let (Some(frame), Some(code)) = (reason.final_frame(), reason.close_code()) else {
         return sink;

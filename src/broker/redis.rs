@@ -8,7 +8,7 @@
 //! a subscribed connection cannot publish.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,7 +21,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 
 use super::{Broker, BrokerError, Deliver};
-use crate::config::Redis;
+use crate::config::{Config, Redis};
+use crate::metrics::Metrics;
 
 /// Longest wait for Redis to accept a connection or confirm a command.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -31,6 +32,8 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 enum Command {
     Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
     Unsubscribe(String),
+    /// Move to new `[redis]` settings without losing a subscription.
+    Reconfigure(Redis),
 }
 
 pub struct RedisBroker {
@@ -39,19 +42,24 @@ pub struct RedisBroker {
     /// which sends one command per topic transition.
     commands: mpsc::UnboundedSender<Command>,
     ready: watch::Receiver<bool>,
-    /// Topic T is Redis channel `prefix + T`.
-    prefix: Arc<str>,
-    /// Connections for PUBLISH; `Err` holds why the pool could not be built.
-    pool: Result<deadpool_redis::Pool, String>,
+    /// Where PUBLISH goes; replaced whole when `[redis]` changes. A std
+    /// mutex: held only to clone the `Arc`, never across an await.
+    publisher: Mutex<Arc<Publisher>>,
+    /// The settings in force, to tell whether a new config changes them.
+    settings: Mutex<Redis>,
 }
 
-impl RedisBroker {
-    /// Spawns the actor; it connects at once and keeps retrying while Redis is away.
-    pub fn start(settings: Redis, target: Arc<dyn Deliver>) -> Self {
-        let (commands, inbox) = mpsc::unbounded_channel();
-        let (ready_tx, ready) = watch::channel(false);
-        let info = connection_info(&settings);
-        let pool = info.clone().and_then(|info| {
+/// A PUBLISH path: pooled connections and the channel prefix.
+struct Publisher {
+    /// `Err` holds why the pool could not be built.
+    pool: Result<deadpool_redis::Pool, String>,
+    /// Topic T is Redis channel `prefix + T`.
+    prefix: Arc<str>,
+}
+
+impl Publisher {
+    fn new(settings: &Redis) -> Self {
+        let pool = connection_info(settings).and_then(|info| {
             let manager = deadpool_redis::Manager::new(info).map_err(|e| e.to_string())?;
             deadpool_redis::Pool::builder(manager)
                 .max_size(settings.pool_size)
@@ -61,21 +69,54 @@ impl RedisBroker {
                 .build()
                 .map_err(|e| e.to_string())
         });
-        let prefix: Arc<str> = settings.channel_prefix.as_str().into();
-        match info.and_then(|info| redis::Client::open(info).map_err(|e| e.to_string())) {
-            Ok(client) => {
+        Self {
+            pool,
+            prefix: settings.channel_prefix.as_str().into(),
+        }
+    }
+}
+
+/// Where the subscribing connection goes.
+struct Target {
+    client: redis::Client,
+    prefix: Arc<str>,
+    reconnect_max: Duration,
+}
+
+impl Target {
+    fn new(settings: &Redis) -> Result<Self, String> {
+        let info = connection_info(settings)?;
+        Ok(Self {
+            client: redis::Client::open(info).map_err(|e| e.to_string())?,
+            prefix: settings.channel_prefix.as_str().into(),
+            reconnect_max: settings.reconnect_max,
+        })
+    }
+
+    fn channel(&self, topic: &str) -> String {
+        format!("{}{topic}", self.prefix)
+    }
+}
+
+impl RedisBroker {
+    /// Spawns the actor; it connects at once and keeps retrying while Redis is away.
+    pub fn start(settings: Redis, deliver: Arc<dyn Deliver>, metrics: Arc<Metrics>) -> Self {
+        let (commands, inbox) = mpsc::unbounded_channel();
+        let (ready_tx, ready) = watch::channel(false);
+        match Target::new(&settings) {
+            Ok(target) => {
                 let (lost_tx, lost_rx) = mpsc::unbounded_channel();
                 let actor = Actor {
-                    client,
-                    reconnect_max: settings.reconnect_max,
-                    prefix: prefix.clone(),
                     target,
-                    channels: HashSet::new(),
+                    next: None,
+                    deliver,
+                    topics: HashSet::new(),
                     link: None,
                     ready: ready_tx,
                     generation: 0,
                     lost_tx,
                     lost_rx,
+                    metrics,
                 };
                 tokio::spawn(actor.run(inbox));
             }
@@ -87,8 +128,8 @@ impl RedisBroker {
         Self {
             commands,
             ready,
-            prefix,
-            pool,
+            publisher: Mutex::new(Arc::new(Publisher::new(&settings))),
+            settings: Mutex::new(settings),
         }
     }
 }
@@ -112,12 +153,18 @@ fn unavailable(reason: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(reason.to_string())
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Broker for RedisBroker {
     fn subscribe(&self, topic: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
         let (tx, rx) = oneshot::channel();
         let sent = self
             .commands
-            .send(Command::Subscribe(format!("{}{topic}", self.prefix), tx));
+            .send(Command::Subscribe(topic.to_string(), tx));
         async move {
             sent.map_err(|_| unavailable("redis broker stopped"))?;
             rx.await
@@ -127,16 +174,14 @@ impl Broker for RedisBroker {
     }
 
     fn unsubscribe(&self, topic: &str) {
-        let _ = self
-            .commands
-            .send(Command::Unsubscribe(format!("{}{topic}", self.prefix)));
+        let _ = self.commands.send(Command::Unsubscribe(topic.to_string()));
     }
 
     fn publish(&self, topic: &str, payload: Bytes) -> BoxFuture<'static, Result<(), BrokerError>> {
-        let channel = format!("{}{topic}", self.prefix);
-        let pool = self.pool.clone();
+        let publisher = lock(&self.publisher).clone();
+        let channel = format!("{}{topic}", publisher.prefix);
         async move {
-            let pool = pool.map_err(unavailable)?;
+            let pool = publisher.pool.as_ref().map_err(unavailable)?;
             let mut conn = pool.get().await.map_err(unavailable)?;
             let mut command = redis::cmd("PUBLISH");
             command.arg(channel).arg(payload.as_ref());
@@ -148,6 +193,16 @@ impl Broker for RedisBroker {
             }
         }
         .boxed()
+    }
+
+    fn reconfigure(&self, config: &Config) {
+        let mut settings = lock(&self.settings);
+        if *settings == config.redis {
+            return;
+        }
+        *settings = config.redis.clone();
+        *lock(&self.publisher) = Arc::new(Publisher::new(&settings));
+        let _ = self.commands.send(Command::Reconfigure(settings.clone()));
     }
 
     fn ready(&self) -> watch::Receiver<bool> {
@@ -175,18 +230,21 @@ impl Drop for Link {
 }
 
 struct Actor {
-    client: redis::Client,
-    reconnect_max: Duration,
-    prefix: Arc<str>,
-    target: Arc<dyn Deliver>,
-    /// Every channel this replica must hold, resubscribed on each reconnect.
-    channels: HashSet<String>,
+    /// Where the current link goes (or the next reconnect).
+    target: Target,
+    /// New settings still to connect to; the current link serves meanwhile.
+    next: Option<Target>,
+    deliver: Arc<dyn Deliver>,
+    /// Every topic this replica must hold, resubscribed on each reconnect.
+    topics: HashSet<String>,
     link: Option<Link>,
     ready: watch::Sender<bool>,
     generation: u64,
     /// Readers report the generation whose stream ended.
     lost_tx: mpsc::UnboundedSender<u64>,
     lost_rx: mpsc::UnboundedReceiver<u64>,
+    /// Counts reconnects (`topicgate_redis_reconnects_total`).
+    metrics: Arc<Metrics>,
 }
 
 impl Actor {
@@ -195,12 +253,20 @@ impl Actor {
         let mut next_attempt = Instant::now();
         let mut was_connected = false;
         loop {
-            if self.link.is_none() && Instant::now() >= next_attempt {
-                match self.connect().await {
+            let wants_link = self.link.is_none() || self.next.is_some();
+            if wants_link && Instant::now() >= next_attempt {
+                let moving = self.next.is_some();
+                match self.establish().await {
                     Ok(()) => {
-                        if was_connected {
+                        if moving {
                             tracing::info!(
-                                channels = self.channels.len(),
+                                topics = self.topics.len(),
+                                "moved to the new redis and resubscribed"
+                            );
+                        } else if was_connected {
+                            self.metrics.redis_reconnects.inc();
+                            tracing::info!(
+                                topics = self.topics.len(),
                                 "redis reconnected and resubscribed"
                             );
                         } else {
@@ -212,15 +278,25 @@ impl Actor {
                     }
                     Err(err) => {
                         let delay = jitter(backoff);
+                        let max = self.next.as_ref().unwrap_or(&self.target).reconnect_max;
                         tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "redis unavailable");
                         next_attempt = Instant::now() + delay;
-                        backoff = (backoff * 2).min(self.reconnect_max);
+                        backoff = (backoff * 2).min(max);
                     }
                 }
                 continue;
             }
             tokio::select! {
                 command = inbox.recv() => match command {
+                    Some(Command::Reconfigure(settings)) => match Target::new(&settings) {
+                        Ok(target) => {
+                            tracing::info!("redis settings changed; connecting to the new redis");
+                            self.next = Some(target);
+                            backoff = BACKOFF_START;
+                            next_attempt = Instant::now();
+                        }
+                        Err(err) => tracing::error!(error = %err, "new redis settings unusable; keeping the current connection"),
+                    },
                     Some(command) => self.handle(command).await,
                     None => break,
                 },
@@ -231,7 +307,7 @@ impl Actor {
                         next_attempt = Instant::now();
                     }
                 }
-                _ = tokio::time::sleep_until(next_attempt), if self.link.is_none() => {}
+                _ = tokio::time::sleep_until(next_attempt), if wants_link => {}
             }
         }
     }
@@ -241,30 +317,39 @@ impl Actor {
         self.ready.send_replace(false);
     }
 
-    async fn connect(&mut self) -> Result<(), String> {
-        let pubsub = timeout(IO_TIMEOUT, self.client.get_async_pubsub())
+    /// Connects to the pending target (or the current one), subscribes every
+    /// live topic there, and only then replaces the old link.
+    async fn establish(&mut self) -> Result<(), String> {
+        let target = self.next.as_ref().unwrap_or(&self.target);
+        let pubsub = timeout(IO_TIMEOUT, target.client.get_async_pubsub())
             .await
             .map_err(|_| "connect timed out".to_string())?
             .map_err(describe)?;
         let (mut sink, mut stream) = pubsub.split();
-        if !self.channels.is_empty() {
-            let channels: Vec<&String> = self.channels.iter().collect();
+        if !self.topics.is_empty() {
+            let channels: Vec<String> = self.topics.iter().map(|t| target.channel(t)).collect();
             timeout(IO_TIMEOUT, sink.subscribe(channels))
                 .await
                 .map_err(|_| "resubscribe timed out".to_string())?
                 .map_err(describe)?;
         }
+        if let Some(next) = self.next.take() {
+            self.target = next;
+        }
+        // The old link goes before the new reader starts: messages that
+        // arrive meanwhile wait in the new stream, and none is delivered twice.
+        self.link = None;
         self.generation += 1;
         let generation = self.generation;
-        let (prefix, target, lost) = (
-            self.prefix.clone(),
-            self.target.clone(),
+        let (prefix, deliver, lost) = (
+            self.target.prefix.clone(),
+            self.deliver.clone(),
             self.lost_tx.clone(),
         );
         let reader = tokio::spawn(async move {
             while let Some(msg) = stream.next().await {
                 if let Some(topic) = msg.get_channel_name().strip_prefix(&*prefix) {
-                    target.deliver(topic, msg.get_payload_bytes());
+                    deliver.deliver(topic, msg.get_payload_bytes());
                 }
             }
             let _ = lost.send(generation);
@@ -279,7 +364,8 @@ impl Actor {
 
     async fn handle(&mut self, command: Command) {
         match command {
-            Command::Subscribe(channel, reply) => {
+            Command::Subscribe(topic, reply) => {
+                let channel = self.target.channel(&topic);
                 let result = match self.link.as_mut() {
                     None => Err(unavailable("redis is not connected")),
                     Some(link) => match timeout(IO_TIMEOUT, link.sink.subscribe(&channel)).await {
@@ -290,22 +376,25 @@ impl Actor {
                 };
                 match &result {
                     Ok(()) => {
-                        self.channels.insert(channel);
+                        self.topics.insert(topic);
                     }
-                    Err(err) => {
+                    Err(err) if self.link.is_some() => {
                         tracing::warn!(error = %err, "subscribe failed; reconnecting");
                         self.drop_link();
                     }
+                    Err(_) => {}
                 }
                 let _ = reply.send(result);
             }
-            Command::Unsubscribe(channel) => {
-                self.channels.remove(&channel);
+            Command::Unsubscribe(topic) => {
+                self.topics.remove(&topic);
+                let channel = self.target.channel(&topic);
                 if let Some(link) = self.link.as_mut() {
                     // A failure here means the link is dying; the reader reports it.
                     let _ = timeout(IO_TIMEOUT, link.sink.unsubscribe(&channel)).await;
                 }
             }
+            Command::Reconfigure(_) => {}
         }
     }
 }
