@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
+use topicgate::config::watch::{self, Reloader};
 use topicgate::config::{self, Config, LogFormat};
 use topicgate::server::Gateway;
 
@@ -45,6 +46,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = config::resolve_path(cli.config.as_deref());
     let loaded = config::load(&path, None);
+    let path_for_run = path.clone();
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => match loaded {
             Ok(config) => {
@@ -59,7 +61,7 @@ fn main() -> ExitCode {
             Err(err) => config_failure(&err),
         },
         Command::Run => match loaded {
-            Ok(config) => run(config, cli.log_format.as_deref()),
+            Ok(config) => run(config, path_for_run, cli.log_format.as_deref()),
             Err(err) => config_failure(&err),
         },
     }
@@ -106,7 +108,7 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn run(config: Config, log_format: Option<&str>) -> ExitCode {
+fn run(config: Config, path: PathBuf, log_format: Option<&str>) -> ExitCode {
     let format = match log_format {
         None => config.server.log_format,
         Some("json") => LogFormat::Json,
@@ -146,6 +148,16 @@ fn run(config: Config, log_format: Option<&str>) -> ExitCode {
             }
         };
         tracing::info!(addr = %gateway.addr, "topicgate listening");
+        let reloader = Reloader::new(
+            path,
+            None,
+            gateway.config.clone(),
+            gateway.shared.metrics.clone(),
+        );
+        // Without a watcher the gateway still serves; reloads need a restart.
+        let _watcher = watch::spawn(reloader)
+            .map_err(|err| tracing::error!(error = %err, "cannot watch the config file"))
+            .ok();
         let left = gateway.run_until(topicgate::shutdown::signal()).await;
         if left > 0 {
             tracing::warn!(connections = left, "shutdown grace ran out");

@@ -102,6 +102,15 @@ impl Gateway {
             connections: AtomicUsize::new(0),
             connection_closed: Notify::new(),
         });
+        // A new config may move the broker (e.g. another Redis).
+        let mut changes = shared.config.clone();
+        let hub = shared.hub.clone();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let config = changes.borrow_and_update().clone();
+                hub.broker().reconfigure(&config);
+            }
+        });
         let mut stop_accepting = shutdown_rx;
         let server = warp::serve(crate::http::routes(shared.clone()))
             .incoming(listener)
