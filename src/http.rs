@@ -1,4 +1,5 @@
-//! warp routes: the WebSocket upgrade on `/` and `/ws`, `/healthz`, `/readyz`.
+//! warp routes: the WebSocket upgrade on `/` and `/ws`, `/healthz`,
+//! `/readyz`, `/metrics` and `POST /publish`.
 //!
 //! The upgrade is taken by hand rather than with `warp::ws()`, whose
 //! tungstenite defaults cost about 133 KB per idle connection: here the read
@@ -35,12 +36,28 @@ pub fn routes(
         .unify()
         .or(metrics(shared.clone()))
         .unify()
+        .or(publish(shared.clone()))
+        .unify()
         .or(upgrade(shared))
         .unify()
-        .recover(|_rejection: warp::Rejection| async {
-            Ok::<_, std::convert::Infallible>(plain(StatusCode::NOT_FOUND, "not found\n"))
+        .recover(|rejection: warp::Rejection| async move {
+            Ok::<_, std::convert::Infallible>(rejected(&rejection))
         })
         .unify()
+}
+
+/// The one place rejections become responses.
+fn rejected(rejection: &warp::Rejection) -> Body {
+    use warp::reject::{LengthRequired, MethodNotAllowed, PayloadTooLarge};
+    if rejection.find::<PayloadTooLarge>().is_some() {
+        plain(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n")
+    } else if rejection.find::<LengthRequired>().is_some() {
+        plain(StatusCode::LENGTH_REQUIRED, "content-length required\n")
+    } else if rejection.find::<MethodNotAllowed>().is_some() {
+        plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+    } else {
+        plain(StatusCode::NOT_FOUND, "not found\n")
+    }
 }
 
 fn with_state(
@@ -111,6 +128,90 @@ fn metrics(shared: Arc<Shared>) -> impl Filter<Extract = (Body,), Error = warp::
             );
             response
         })
+}
+
+/// Largest `POST /publish` body accepted before reading it.
+const PUBLISH_BODY_LIMIT: u64 = 16 * 1024 * 1024;
+
+#[derive(serde::Deserialize)]
+struct PublishBody {
+    topic: String,
+    data: serde_json::Value,
+}
+
+/// `POST /publish` (SPEC §5): publishes through the broker, so through Redis
+/// on the redis broker, and every replica's subscribers receive it.
+fn publish(shared: Arc<Shared>) -> impl Filter<Extract = (Body,), Error = warp::Rejection> + Clone {
+    warp::path!("publish")
+        .and(warp::post())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::body::content_length_limit(PUBLISH_BODY_LIMIT))
+        .and(warp::body::bytes())
+        .and(with_state(shared))
+        .and_then(
+            |authorization: Option<String>, body: Bytes, shared: Arc<Shared>| async move {
+                Ok::<_, warp::Rejection>(publish_reply(authorization, &body, &shared).await)
+            },
+        )
+}
+
+fn error_json(status: StatusCode, error: &str, detail: &str) -> Body {
+    json(
+        status,
+        &serde_json::json!({"error": error, "detail": detail}),
+    )
+}
+
+async fn publish_reply(authorization: Option<String>, body: &[u8], shared: &Shared) -> Body {
+    use subtle::ConstantTimeEq;
+    let config = shared.config.borrow().clone();
+    let Some(key) = &config.api_key else {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let presented = authorization
+        .as_deref()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Constant time, so the key cannot be guessed byte by byte from timings.
+    if !bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
+        return error_json(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send Authorization: Bearer <api.key>",
+        );
+    }
+    let request: PublishBody = match serde_json::from_slice(body) {
+        Ok(request) => request,
+        Err(err) => {
+            let detail = format!("expected {{\"topic\": ..., \"data\": ...}}: {err}");
+            return error_json(StatusCode::BAD_REQUEST, "bad_request", &detail);
+        }
+    };
+    if let Err(detail) = crate::protocol::validate_topic(&request.topic) {
+        return error_json(StatusCode::BAD_REQUEST, "bad_request", &detail);
+    }
+    // A JSON string travels as its raw text, like `redis-cli PUBLISH t text`.
+    let payload = match request.data {
+        serde_json::Value::String(text) => text,
+        other => other.to_string(),
+    };
+    match shared
+        .hub
+        .broker()
+        .publish(&request.topic, payload.into())
+        .await
+    {
+        Ok(()) => {
+            let mut response = Response::new(Bytes::new().into());
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            response
+        }
+        Err(err) => error_json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            &err.to_string(),
+        ),
+    }
 }
 
 fn upgrade(shared: Arc<Shared>) -> impl Filter<Extract = (Body,), Error = warp::Rejection> + Clone {

@@ -28,6 +28,18 @@ enum Command {
     Run,
     /// Validate the config and print it with secrets masked; exit 0 or 2.
     Check,
+    /// Publish through a running gateway's HTTP API (POST /publish).
+    Publish {
+        topic: String,
+        /// Sent as JSON when it parses as JSON, else as a string.
+        payload: String,
+        /// The gateway's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        url: String,
+        /// The gateway's api.key.
+        #[arg(long, env = "TOPICGATE__API__KEY", hide_env_values = true)]
+        key: Option<String>,
+    },
     /// Print a token signed with the configured HS secret (for testing).
     Token {
         /// The `sub` claim.
@@ -44,6 +56,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Publish {
+        topic,
+        payload,
+        url,
+        key,
+    }) = &cli.command
+    {
+        return publish(topic, payload, url, key.as_deref());
+    }
     let path = config::resolve_path(cli.config.as_deref());
     let loaded = config::load(&path, None);
     let path_for_run = path.clone();
@@ -60,6 +81,7 @@ fn main() -> ExitCode {
             Ok(config) => token(&config, sub, &claims, ttl),
             Err(err) => config_failure(&err),
         },
+        Command::Publish { .. } => ExitCode::SUCCESS,
         Command::Run => match loaded {
             Ok(config) => run(config, path_for_run, cli.log_format.as_deref()),
             Err(err) => config_failure(&err),
@@ -96,6 +118,67 @@ fn token(config: &Config, sub: String, claims: &[String], ttl: u64) -> ExitCode 
             ExitCode::from(2)
         }
     }
+}
+
+/// `topicgate publish`: one POST /publish over HTTP/1.1.
+fn publish(topic: &str, payload: &str, url: &str, key: Option<&str>) -> ExitCode {
+    let data = serde_json::from_str(payload).unwrap_or_else(|_| Value::String(payload.into()));
+    let body = serde_json::json!({"topic": topic, "data": data}).to_string();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(post_publish(url, key, body)) {
+        Ok(204) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("{url}/publish answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("cannot publish through {url}: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn post_publish(url: &str, key: Option<&str>, body: String) -> Result<u16, String> {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let base: hyper::Uri = url.parse().map_err(|e| format!("bad --url: {e}"))?;
+    if base.scheme_str() != Some("http") {
+        return Err("--url must be an http:// URL".into());
+    }
+    let host = base.host().ok_or("--url has no host")?;
+    let port = base.port_u16().unwrap_or(80);
+    let stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let path = format!("{}/publish", base.path().trim_end_matches('/'));
+    let mut request = hyper::Request::post(path)
+        .header(hyper::header::HOST, format!("{host}:{port}"))
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    if let Some(key) = key {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {key}"));
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(response.status().as_u16())
 }
 
 fn init_tracing(format: LogFormat) {

@@ -1,0 +1,207 @@
+//! SPEC §5 HTTP endpoints and `topicgate publish` (§4).
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use serde_json::{Value, json};
+
+const KEY: &str = "api-test-key";
+
+async fn post_publish(addr: SocketAddr, key: Option<&str>, body: &str) -> (u16, String) {
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    http_request(
+        addr,
+        &format!(
+            "POST /publish HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{auth}\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await
+}
+
+async fn publish_endpoint_delivers(redis: Option<&RedisServer>) {
+    let gateway = start_gateway(base_config(redis, &format!("[api]\nkey = \"{KEY}\"\n"))).await;
+    let mut c = Client::connect(gateway.addr).await;
+    c.login("alice").await;
+    c.subscribed("test-http").await;
+    let cases = [
+        (json!({"topic":"test-http","data":{"n":1}}), json!({"n":1})),
+        (
+            json!({"topic":"test-http","data":[1,"two"]}),
+            json!([1, "two"]),
+        ),
+        // A JSON string is published as its raw text.
+        (json!({"topic":"test-http","data":"hello"}), json!("hello")),
+        (
+            json!({"topic":"test-http","data":"{\"raw\":true}"}),
+            json!({"raw":true}),
+        ),
+    ];
+    for (body, snapshot) in cases {
+        let (status, text) = post_publish(gateway.addr, Some(KEY), &body.to_string()).await;
+        assert_eq!(status, 204, "{body} -> {text}");
+        assert_eq!(
+            c.recv().await,
+            json!({"action":"message","topic":"test-http","snapshot":snapshot})
+        );
+    }
+}
+
+#[tokio::test]
+async fn publish_endpoint_delivers_on_the_memory_broker() {
+    publish_endpoint_delivers(None).await;
+}
+
+#[tokio::test]
+async fn publish_endpoint_delivers_through_redis() {
+    let redis = RedisServer::start();
+    publish_endpoint_delivers(Some(&redis)).await;
+}
+
+#[tokio::test]
+async fn publish_endpoint_refuses_bad_keys_and_bodies() {
+    let gateway = start_gateway(base_config(None, &format!("[api]\nkey = \"{KEY}\"\n"))).await;
+    let good = json!({"topic":"test-x","data":1}).to_string();
+    assert_eq!(post_publish(gateway.addr, None, &good).await.0, 401);
+    assert_eq!(
+        post_publish(gateway.addr, Some("wrong"), &good).await.0,
+        401
+    );
+    assert_eq!(
+        post_publish(gateway.addr, Some(&KEY[..5]), &good).await.0,
+        401
+    );
+    for body in [
+        "not json".to_string(),
+        json!({"data": 1}).to_string(),
+        json!({"topic": "", "data": 1}).to_string(),
+        json!({"topic": "a\nb", "data": 1}).to_string(),
+        json!({"topic": 5, "data": 1}).to_string(),
+    ] {
+        let (status, text) = post_publish(gateway.addr, Some(KEY), &body).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).unwrap()["error"],
+            "bad_request"
+        );
+    }
+}
+
+#[tokio::test]
+async fn publish_endpoint_is_404_without_a_key() {
+    let gateway = start_gateway(base_config(None, "")).await;
+    let body = json!({"topic":"test-x","data":1}).to_string();
+    assert_eq!(post_publish(gateway.addr, Some(""), &body).await.0, 404);
+}
+
+#[tokio::test]
+async fn publish_endpoint_is_503_while_redis_is_down() {
+    let mut redis = RedisServer::start();
+    let gateway = start_gateway(base_config(
+        Some(&redis),
+        &format!("[api]\nkey = \"{KEY}\"\n"),
+    ))
+    .await;
+    redis.kill();
+    let body = json!({"topic":"test-x","data":1}).to_string();
+    let (status, text) = post_publish(gateway.addr, Some(KEY), &body).await;
+    assert_eq!(status, 503, "{text}");
+}
+
+#[tokio::test]
+async fn publish_command_posts_to_a_running_gateway() {
+    let gateway = start_gateway(base_config(None, &format!("[api]\nkey = \"{KEY}\"\n"))).await;
+    let mut c = Client::connect(gateway.addr).await;
+    c.login("alice").await;
+    c.subscribed("test-cli").await;
+    let url = format!("http://{}", gateway.addr);
+    let run = |payload: &'static str, key: &'static str| {
+        let url = url.clone();
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_topicgate"))
+            .args(["publish", "test-cli", payload, "--url", &url, "--key", key])
+            .output()
+    };
+    let out = run(r#"{"info":"Hello"}"#, KEY).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(c.recv().await["snapshot"], json!({"info":"Hello"}));
+    let out = run("plain words", KEY).await.unwrap();
+    assert!(out.status.success());
+    assert_eq!(c.recv().await["snapshot"], "plain words");
+    let out = run("1", "wrong-key").await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
+
+#[tokio::test]
+async fn metrics_export_every_family_from_start_without_topic_labels() {
+    let gateway = start_gateway(base_config(None, "")).await;
+    let (status, text) = http_get(gateway.addr, "/metrics").await;
+    assert_eq!(status, 200);
+    for family in [
+        "topicgate_connections 0",
+        "topicgate_sessions_authenticated 0",
+        "topicgate_subscriptions 0",
+        "topicgate_topics 0",
+        "topicgate_broker_messages_total 0",
+        "topicgate_frames_delivered_total 0",
+        "topicgate_frames_dropped_total{reason=\"slow_consumer\"} 0",
+        "topicgate_auth_failures_total{code=\"invalid_token\"} 0",
+        "topicgate_config_reloads_total 0",
+        "topicgate_config_reload_failures_total 0",
+        "topicgate_redis_reconnects_total 0",
+        "topicgate_delivery_latency_seconds_count 0",
+    ] {
+        assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+
+    let mut c = Client::connect(gateway.addr).await;
+    c.login("alice").await;
+    c.subscribed("test-secret-topic-name").await;
+    assert_eq!(c.authorize("bad").await["error"], "invalid_token");
+    let broker = gateway.shared.hub.broker();
+    broker
+        .publish("test-secret-topic-name", "1".into())
+        .await
+        .unwrap();
+    c.recv().await;
+    let (_, text) = http_get(gateway.addr, "/metrics").await;
+    for family in [
+        "topicgate_connections 1",
+        "topicgate_sessions_authenticated 1",
+        "topicgate_subscriptions 1",
+        "topicgate_topics 1",
+        "topicgate_broker_messages_total 1",
+        "topicgate_frames_delivered_total 1",
+        "topicgate_auth_failures_total{code=\"invalid_token\"} 1",
+        "topicgate_delivery_latency_seconds_count 1",
+    ] {
+        assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+    assert!(!text.contains("test-secret-topic-name"));
+    assert!(!text.contains(&c.session));
+}
+
+#[tokio::test]
+async fn readyz_reports_broker_and_bypass() {
+    let redis = RedisServer::start();
+    let gateway = start_gateway(base_config(Some(&redis), "[auth]\nmode = \"bypass\"\n")).await;
+    let (status, body) = http_get(gateway.addr, "/readyz").await;
+    assert_eq!(status, 200);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["redis"], "up");
+    assert_eq!(body["broker"], "redis");
+    assert_eq!(body["bypass"], true);
+    let (status, _) = http_get(gateway.addr, "/healthz").await;
+    assert_eq!(status, 200);
+    let (status, _) = http_get(gateway.addr, "/nowhere").await;
+    assert_eq!(status, 404);
+}
