@@ -38,6 +38,8 @@ pub fn routes(
         .unify()
         .or(publish(shared.clone()))
         .unify()
+        .or(crate::console::route(shared.clone()))
+        .unify()
         .or(upgrade(shared))
         .unify()
         .recover(|rejection: warp::Rejection| async move {

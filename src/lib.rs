@@ -19,12 +19,14 @@
 //! compiled [`config::Config`]; [`server`] wires it all on a bound listener
 //! and shares the config through a `watch` channel, so a new config reaches
 //! every session, which re-checks its subscriptions. [`shutdown`] turns
-//! SIGINT/SIGTERM into the drain.
+//! SIGINT/SIGTERM into the drain. [`console`] serves the built-in web
+//! console, one self-contained page that speaks the same protocol.
 
 pub mod acl;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod console;
 pub mod http;
 pub mod hub;
 pub mod metrics;

@@ -1,0 +1,454 @@
+//! The web console (SPEC §5 `GET /console`) in a real browser: headless
+//! Chromium, driven over the Chrome DevTools Protocol, opens the console of
+//! a gateway bridged to a real `redis-server`, and a message PUBLISHed to
+//! Redis must show up in the page.
+//!
+//! Needs Debian's `chromium` package (`/usr/bin/chromium`); without it the
+//! test fails and says so rather than passing silently.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// A cold Chromium start on a small machine takes a few seconds.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+const TOPIC: &str = "test-browser";
+const API_KEY: &str = "browser-test-key";
+
+/// A headless Chromium owned by the test: its whole process group is killed
+/// and its profile directory removed on drop, pass or fail.
+struct Chromium {
+    child: Child,
+    profile: PathBuf,
+}
+
+impl Chromium {
+    /// Starts Chromium and returns it with its browser-level DevTools URL.
+    async fn launch() -> (Self, String) {
+        assert!(
+            Path::new(CHROMIUM).exists(),
+            "{CHROMIUM} not found: the browser test drives a real Chromium. \
+             Install the Debian package `chromium` (apt-get install -y chromium)."
+        );
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let profile = std::env::temp_dir().join(format!(
+            "topicgate-chromium-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&profile);
+        std::fs::create_dir_all(&profile).expect("create the Chromium profile dir");
+        let child = Command::new(CHROMIUM)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // Its own group, so drop can kill the renderers along with it.
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {CHROMIUM}: {err}"));
+        let mut chromium = Self { child, profile };
+        let stderr = chromium.child.stderr.take().expect("piped stderr");
+        // Chromium prints the DevTools address on stderr once it listens;
+        // the thread keeps draining after that so Chromium never blocks.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut log = Vec::new();
+        let url = tokio::time::timeout(STARTUP_TIMEOUT, async {
+            while let Some(line) = rx.recv().await {
+                if let Some(url) = line.trim().strip_prefix("DevTools listening on ") {
+                    return Some(url.to_string());
+                }
+                log.push(line);
+            }
+            None
+        })
+        .await;
+        match url {
+            Ok(Some(url)) => {
+                // Keep the receiver alive in a task so the reader never stops.
+                tokio::spawn(async move { while rx.recv().await.is_some() {} });
+                (chromium, url)
+            }
+            Ok(None) => panic!("Chromium exited before listening:\n{}", log.join("\n")),
+            Err(_) => panic!(
+                "Chromium did not print its DevTools address within {STARTUP_TIMEOUT:?}:\n{}",
+                log.join("\n")
+            ),
+        }
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        // The group id is the browser's pid (process_group(0) above).
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// A Chrome DevTools Protocol client over one browser-level WebSocket;
+/// pages are reached through flattened target sessions.
+struct Cdp {
+    ws: WebSocketStream<TcpStream>,
+    next_id: u64,
+    /// Events read while waiting for a reply, kept for `event`.
+    events: Vec<Value>,
+}
+
+impl Cdp {
+    async fn connect(url: &str) -> Self {
+        let host = url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_else(|| panic!("unexpected DevTools URL {url}"));
+        let tcp = TcpStream::connect(host).await.expect("connect to DevTools");
+        let (ws, _) = tokio_tungstenite::client_async(url, tcp)
+            .await
+            .expect("DevTools WebSocket handshake");
+        Self {
+            ws,
+            next_id: 1,
+            events: Vec::new(),
+        }
+    }
+
+    async fn read(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(EVENT_TIMEOUT, self.ws.next())
+                .await
+                .expect("a DevTools message in time")
+                .expect("DevTools connection open")
+                .expect("DevTools message readable");
+            if let Message::Text(text) = message {
+                return serde_json::from_str(&text).expect("DevTools sends JSON");
+            }
+        }
+    }
+
+    /// Sends a command and returns its result; a protocol error fails the test.
+    async fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut command = json!({"id": id, "method": method, "params": params});
+        if let Some(session) = session {
+            command["sessionId"] = json!(session);
+        }
+        self.ws
+            .send(Message::text(command.to_string()))
+            .await
+            .expect("send to DevTools");
+        loop {
+            let message = self.read().await;
+            if message["id"] == id {
+                if let Some(error) = message.get("error") {
+                    panic!("{method} failed: {error}");
+                }
+                return message["result"].clone();
+            }
+            if message.get("method").is_some() {
+                self.events.push(message);
+            }
+        }
+    }
+
+    /// Waits for the event `method` on `session`.
+    async fn event(&mut self, session: &str, method: &str) -> Value {
+        let matches = |m: &Value| m["method"] == method && m["sessionId"] == session;
+        if let Some(at) = self.events.iter().position(matches) {
+            return self.events.remove(at);
+        }
+        loop {
+            let message = self.read().await;
+            if matches(&message) {
+                return message;
+            }
+        }
+    }
+}
+
+/// One page (tab) of the browser.
+struct Page {
+    cdp: Cdp,
+    session: String,
+}
+
+impl Page {
+    async fn open(mut cdp: Cdp, url: &str) -> Self {
+        let target = cdp
+            .call(None, "Target.createTarget", json!({"url": "about:blank"}))
+            .await;
+        let attached = cdp
+            .call(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": target["targetId"], "flatten": true}),
+            )
+            .await;
+        let session = attached["sessionId"]
+            .as_str()
+            .expect("session id")
+            .to_string();
+        cdp.call(Some(&session), "Page.enable", json!({})).await;
+        cdp.call(Some(&session), "Page.navigate", json!({"url": url}))
+            .await;
+        cdp.event(&session, "Page.loadEventFired").await;
+        Self { cdp, session }
+    }
+
+    /// Evaluates `expression` in the page and returns its value; awaits it
+    /// when it is a promise.
+    async fn eval(&mut self, expression: &str) -> Value {
+        let reply = self
+            .cdp
+            .call(
+                Some(&self.session),
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
+            )
+            .await;
+        if let Some(exception) = reply.get("exceptionDetails") {
+            panic!("{expression} threw: {exception}");
+        }
+        reply["result"]["value"].clone()
+    }
+
+    /// Waits until the function body `probe` returns something truthy and
+    /// returns that. The page tells us nothing over DevTools when its DOM
+    /// changes, so the wait runs inside the page: a MutationObserver
+    /// re-runs the probe on every change and resolves the promise that
+    /// `Runtime.evaluate` awaits. The deadline bounds it.
+    async fn wait_for(&mut self, what: &str, probe: &str) -> Value {
+        let expression = format!(
+            "new Promise((resolve) => {{
+                const probe = () => {{ {probe} }};
+                const first = probe();
+                if (first) {{ resolve(first); return; }}
+                const observer = new MutationObserver(() => {{
+                    const value = probe();
+                    if (value) {{ observer.disconnect(); resolve(value); }}
+                }});
+                observer.observe(document.documentElement,
+                    {{subtree: true, childList: true, attributes: true, characterData: true}});
+            }})"
+        );
+        match tokio::time::timeout(EVENT_TIMEOUT, self.eval(&expression)).await {
+            Ok(value) => value,
+            Err(_) => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
+/// JS that finds the console's card for [`TOPIC`] (no selector is built
+/// from the topic: the page keeps it in `data-topic`).
+const CARD: &str = "[...document.querySelectorAll('[data-testid=topic-card]')]
+    .find((c) => c.dataset.topic === 'test-browser')";
+
+#[tokio::test]
+async fn console_in_chromium_subscribes_and_shows_messages_published_to_redis() {
+    let redis = RedisServer::start();
+    let gateway = start_gateway(base_config(
+        Some(&redis),
+        &format!("[server]\nconsole = true\n[api]\nkey = \"{API_KEY}\"\n"),
+    ))
+    .await;
+    let (_chromium, devtools) = Chromium::launch().await;
+    let cdp = Cdp::connect(&devtools).await;
+    let token = token(json!({"sub": "browser"}));
+    let url = format!(
+        "http://{}/console?token={token}&topics={TOPIC}&connect=1",
+        gateway.addr
+    );
+    let mut page = Page::open(cdp, &url).await;
+
+    // The query string alone connects, authorizes and subscribes.
+    let subscribed = page
+        .wait_for(
+            "the console to show the topic subscribed",
+            &format!("const c = {CARD}; return c && c.dataset.state === 'subscribed';"),
+        )
+        .await;
+    assert_eq!(subscribed, json!(true));
+    let status = page
+        .eval("document.getElementById('status').dataset.state")
+        .await;
+    assert_eq!(status, "authenticated");
+    let session = page
+        .eval("document.getElementById('session').textContent")
+        .await;
+    assert_eq!(session.as_str().map(str::len), Some(36), "uuid: {session}");
+    // The token is taken out of the address bar once read.
+    let search = page.eval("location.search").await;
+    assert_eq!(search, "?topics=test-browser&connect=1");
+
+    // A plain Redis PUBLISH reaches the page.
+    let mut conn = redis.connection().await;
+    let receivers = redis_publish(&mut conn, TOPIC, r#"{"info":"Hello from Redis","n":1}"#).await;
+    assert_eq!(receivers, 1, "the gateway holds one Redis subscription");
+    let shown = page
+        .wait_for(
+            "the message in the topic card",
+            &format!(
+                "const c = {CARD}; const m = c && c.querySelector('[data-testid=message] pre');
+                 return m && m.textContent;"
+            ),
+        )
+        .await;
+    let shown: Value = serde_json::from_str(shown.as_str().expect("text")).expect("pretty JSON");
+    assert_eq!(shown, json!({"info":"Hello from Redis","n":1}));
+
+    // Markup in a payload is shown as text, never parsed.
+    let markup = r#"<img id="injected" src="x">"#;
+    redis_publish(&mut conn, TOPIC, markup).await;
+    let count = page
+        .wait_for(
+            "the second message",
+            &format!(
+                "const c = {CARD}; const n = c && c.querySelector('[data-testid=message-count]');
+                 return n && n.textContent === '2' && n.textContent;"
+            ),
+        )
+        .await;
+    assert_eq!(count, "2");
+    let newest = page
+        .eval(&format!(
+            "{CARD}.querySelector('[data-testid=message] pre').textContent"
+        ))
+        .await;
+    assert_eq!(newest, json!(serde_json::to_string_pretty(markup).unwrap()));
+    assert_eq!(
+        page.eval("document.getElementById('injected') === null")
+            .await,
+        true
+    );
+
+    // The frame log, newest first, holds the delivery as received.
+    let first_received = page
+        .eval(
+            "document.querySelector('#frames [data-testid=frame][data-dir=received] pre').textContent",
+        )
+        .await;
+    let first_received: Value = serde_json::from_str(first_received.as_str().unwrap()).unwrap();
+    assert_eq!(
+        first_received,
+        json!({"action":"message","topic":TOPIC,"snapshot":markup})
+    );
+    let sent = page
+        .eval(
+            "[...document.querySelectorAll('#frames [data-testid=frame][data-dir=sent] pre')]
+                .map((p) => JSON.parse(p.textContent).action)",
+        )
+        .await;
+    assert_eq!(sent, json!(["subscribe", "authorization"]));
+
+    // Publishing from the page goes through POST /publish.
+    page.eval(&format!(
+        "document.getElementById('api-key').value = '{API_KEY}';
+         document.getElementById('publish-topic').value = '{TOPIC}';
+         document.getElementById('publish-data').value = '{{\"from\":\"console\"}}';
+         document.getElementById('publish').click();"
+    ))
+    .await;
+    let published = page
+        .wait_for(
+            "the publish result",
+            "const r = document.getElementById('publish-result'); return r.dataset.ok;",
+        )
+        .await;
+    assert_eq!(published, "true");
+    let shown = page
+        .wait_for(
+            "the message published from the page",
+            &format!(
+                "const c = {CARD}; const n = c.querySelector('[data-testid=message-count]');
+                 return n.textContent === '3' && c.querySelector('[data-testid=message] pre').textContent;"
+            ),
+        )
+        .await;
+    let shown: Value = serde_json::from_str(shown.as_str().unwrap()).unwrap();
+    assert_eq!(shown, json!({"from":"console"}));
+
+    // Unsubscribing from the page lets the gateway drop the Redis channel.
+    page.eval(&format!(
+        "{CARD}.querySelector('[data-testid=topic-toggle]').click()"
+    ))
+    .await;
+    let state = page
+        .wait_for(
+            "the topic to show unsubscribed",
+            &format!(
+                "const c = {CARD}; return c.dataset.state === 'unsubscribed' && c.dataset.state;"
+            ),
+        )
+        .await;
+    assert_eq!(state, "unsubscribed");
+    eventually("the gateway to UNSUBSCRIBE in Redis", || {
+        let mut conn = conn.clone();
+        async move { numsub(&mut conn, TOPIC).await == 0 }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn console_is_404_unless_enabled_and_follows_reload() {
+    let gateway = start_gateway(base_config(None, "")).await;
+    let (status, _) = http_get(gateway.addr, "/console").await;
+    assert_eq!(status, 404);
+    let post =
+        "POST /console HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(http_request(gateway.addr, post).await.0, 404);
+
+    // server.console reloads live: turn it on, then off again.
+    gateway.config.send_replace(std::sync::Arc::new(base_config(
+        None,
+        "[server]\nconsole = true\n",
+    )));
+    let (status, page) = http_get(gateway.addr, "/console").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>topicgate console</title>"));
+    // One self-contained page: nothing is fetched from elsewhere.
+    assert!(!page.contains("http://") && !page.contains("https://"));
+    assert!(!page.contains("innerHTML"));
+
+    gateway
+        .config
+        .send_replace(std::sync::Arc::new(base_config(None, "")));
+    let (status, _) = http_get(gateway.addr, "/console").await;
+    assert_eq!(status, 404);
+}
