@@ -1,0 +1,210 @@
+//! Micro-benchmarks of the per-request and per-message hot paths:
+//! request decode, ACL compile/bind/check over 100 rules, delivery frame
+//! encode, and the hub's fan-out of one message to 10k subscribers.
+//!
+//! Kept short (1 s warm-up, 2 s measurement, 20 samples per benchmark) so
+//! `cargo bench` finishes in a few minutes on two cores; see
+//! docs/BENCHMARKS.md for how to read the numbers.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use serde_json::{Map, Value, json};
+use tokio::sync::{mpsc, watch};
+use topicgate::acl::{Acl, RawAcl, RawRule};
+use topicgate::auth::Identity;
+use topicgate::broker::Deliver;
+use topicgate::broker::memory::MemoryBroker;
+use topicgate::hub::{ClientHandle, Hub, Outbound, Registry};
+use topicgate::metrics::Metrics;
+use topicgate::protocol::{self, Frame};
+
+fn quick() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20)
+}
+
+fn decode(c: &mut Criterion) {
+    let subscribe = r#"{"action":"subscribe","session":"0b8e6f3a-5d7c-4b1e-9f2a-3c4d5e6f7a8b","context":"chat-room","id":17}"#;
+    let token = "x".repeat(180);
+    let authorization = format!(
+        r#"{{"action":"authorization","session":"0b8e6f3a-5d7c-4b1e-9f2a-3c4d5e6f7a8b","context":"{token}"}}"#
+    );
+    let mut group = c.benchmark_group("decode");
+    group.bench_function("subscribe", |b| {
+        b.iter(|| protocol::decode(black_box(subscribe)))
+    });
+    group.bench_function("authorization", |b| {
+        b.iter(|| protocol::decode(black_box(&authorization)))
+    });
+    group.bench_function("not_json", |b| {
+        b.iter(|| protocol::decode(black_box("subscribe chat-room")))
+    });
+    group.finish();
+}
+
+/// 100 rules in the shapes SPEC §2 shows: plain globs, `${claim}`
+/// templates, alternations and claim conditions; only the last one allows
+/// the topic the benchmark checks, so every rule is tried.
+fn hundred_rules() -> RawAcl {
+    let rules = (0..100)
+        .map(|i| {
+            let (topics, claims) = match i % 4 {
+                0 => (
+                    vec![format!("room-{i}-*"), format!("lobby.{i}")],
+                    Map::new(),
+                ),
+                1 => (vec![format!("user.${{sub}}.{i}.*")], Map::new()),
+                2 => (vec![format!("feed.{{${{sub}},common}}.{i}")], Map::new()),
+                _ => {
+                    let mut claims = Map::new();
+                    claims.insert("role".into(), json!("admin"));
+                    (vec![format!("admin-{i}-*")], claims)
+                }
+            };
+            RawRule {
+                topics,
+                claims,
+                effect: if i % 7 == 0 { "deny" } else { "allow" }.into(),
+            }
+        })
+        .chain(std::iter::once(RawRule {
+            topics: vec!["public-*".into()],
+            claims: Map::new(),
+            effect: "allow".into(),
+        }))
+        .collect();
+    RawAcl {
+        default: "deny".into(),
+        rules,
+    }
+}
+
+fn acl(c: &mut Criterion) {
+    let raw = hundred_rules();
+    let compiled = Acl::compile(&raw).expect("benchmark rules compile");
+    let mut claims = Map::new();
+    claims.insert("sub".into(), Value::from("alice"));
+    claims.insert("role".into(), json!(["user", "admin"]));
+    let identity = Identity {
+        claims,
+        expires_at: None,
+    };
+    let policy = compiled.bind(&identity);
+    let mut group = c.benchmark_group("acl_100_rules");
+    group.bench_function("compile", |b| b.iter(|| Acl::compile(black_box(&raw))));
+    group.bench_function("bind", |b| b.iter(|| compiled.bind(black_box(&identity))));
+    group.bench_function("check_last_rule", |b| {
+        b.iter(|| policy.check(black_box("public-news")))
+    });
+    group.bench_function("check_templated_hit", |b| {
+        b.iter(|| policy.check(black_box("user.alice.1.inbox")))
+    });
+    group.bench_function("check_no_match", |b| {
+        b.iter(|| policy.check(black_box("nobody-matches-this")))
+    });
+    group.finish();
+}
+
+fn encode(c: &mut Criterion) {
+    let small = br#"{"info":"Hello from Redis"}"#.to_vec();
+    let kib = format!(
+        r#"{{"items":[{}]}}"#,
+        (0..40)
+            .map(|i| format!(r#"{{"id":{i},"name":"item number {i}","ok":true}}"#))
+            .collect::<Vec<_>>()
+            .join(",")
+    )
+    .into_bytes();
+    let text = b"plain text, not JSON: sent as a JSON string".to_vec();
+    let mut group = c.benchmark_group("encode_delivery");
+    for (name, payload) in [("small_json", &small), ("1kib_json", &kib), ("text", &text)] {
+        group.throughput(Throughput::Bytes(payload.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| protocol::encode_delivery(black_box("chat-room"), black_box(payload)))
+        });
+    }
+    group.finish();
+}
+
+/// A registry with `n` in-process subscribers of `topic`, subscribed
+/// through the hub and the memory broker as sessions would be.
+fn subscribed(n: usize, topic: &str) -> (Arc<Registry>, Vec<mpsc::Receiver<Outbound>>) {
+    let registry = Arc::new(Registry::new(Arc::new(Metrics::new())));
+    let broker = Arc::new(MemoryBroker::new(registry.clone()));
+    let hub = Hub::new(registry.clone(), broker);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let mut receivers = Vec::with_capacity(n);
+    runtime.block_on(async {
+        for id in 0..n as u64 {
+            let (queue, receiver) = mpsc::channel(8);
+            let (close, _) = watch::channel(None);
+            let client = ClientHandle::new(id, queue, Arc::new(close));
+            hub.subscribe(topic, &client, Frame::from_static("{}"))
+                .await
+                .expect("memory broker subscribes");
+            receivers.push(receiver);
+        }
+    });
+    // Drop the subscribe acks so every queue starts empty.
+    drain(&mut receivers);
+    (registry, receivers)
+}
+
+fn drain(receivers: &mut [mpsc::Receiver<Outbound>]) -> usize {
+    let mut frames = 0;
+    for receiver in receivers.iter_mut() {
+        while receiver.try_recv().is_ok() {
+            frames += 1;
+        }
+    }
+    frames
+}
+
+fn fanout(c: &mut Criterion) {
+    const SUBSCRIBERS: usize = 10_000;
+    let (registry, mut receivers) = subscribed(SUBSCRIBERS, "chat-room");
+    let payload = br#"{"info":"Hello from Redis","seq":1}"#;
+    let mut group = c.benchmark_group("hub_fanout");
+    group.throughput(Throughput::Elements(SUBSCRIBERS as u64));
+    group.bench_function("deliver_to_10k", |b| {
+        // Only `deliver` is timed; the queues are drained between
+        // iterations so none fills up and turns into a slow consumer.
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                registry.deliver(black_box("chat-room"), black_box(payload));
+                timed += start.elapsed();
+                let frames = drain(&mut receivers);
+                assert_eq!(frames, SUBSCRIBERS, "every subscriber gets the frame");
+            }
+            timed
+        })
+    });
+    group.finish();
+    // Subscribing itself: 10k clients through the hub and memory broker.
+    let mut group = c.benchmark_group("hub_subscribe");
+    group.sample_size(10);
+    group.bench_function("subscribe_10k_one_topic", |b| {
+        b.iter_batched(
+            || (),
+            |()| subscribed(SUBSCRIBERS, "chat-room"),
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = hot_paths;
+    config = quick();
+    targets = decode, acl, encode, fanout
+}
+criterion_main!(hot_paths);
