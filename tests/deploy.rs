@@ -359,7 +359,7 @@ fn compose_environment_names_real_config_keys() {
             .collect();
         for name in env.keys() {
             let path = name
-                .strip_prefix(topicgate::config::ENV_PREFIX)
+                .strip_prefix("TOPICGATE__")
                 .unwrap_or_else(|| panic!("{gateway}: {name} is not a TOPICGATE__ variable"));
             let found = path
                 .split("__")
