@@ -2,11 +2,17 @@
 //! number and sends it at its scheduled time, so together they offer the
 //! requested rate; lateness against the schedule is recorded, so a run can
 //! tell "the bench could not offer the load" from "the gateway lost it".
+//!
+//! The publishers run on a thread and runtime of their own: on the reader
+//! runtime, thousands of reader tasks woken by one fan-out would run before
+//! a publisher's timer, and the schedule would slip by tens of milliseconds.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::stats::{Stats, payload};
@@ -25,11 +31,88 @@ pub struct Schedule {
     pub padding: String,
 }
 
+/// Longest wait for a Redis connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A publishing run on its own thread.
+pub struct Running {
+    /// When the schedule starts, once every publisher is connected.
+    pub started: oneshot::Receiver<Result<Instant, String>>,
+    /// Resolves when every publisher has finished its share.
+    pub finished: oneshot::Receiver<()>,
+}
+
+/// Connects `schedule.publishers` Redis connections, then publishes on
+/// schedule from a dedicated thread.
+pub fn spawn(
+    redis_url: String,
+    schedule: Arc<Schedule>,
+    topics: Arc<Vec<String>>,
+    stats: Arc<Stats>,
+    epoch: Instant,
+) -> Result<Running, String> {
+    let (started_tx, started) = oneshot::channel();
+    let (finished_tx, finished) = oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("publisher runtime: {e}"))?;
+    let publishers = schedule.publishers;
+    let work = async move {
+        let client = match redis::Client::open(redis_url.as_str()) {
+            Ok(client) => client,
+            Err(e) => return Err(format!("redis: {e}")),
+        };
+        let mut conns = Vec::new();
+        for _ in 0..publishers {
+            let conn = timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
+                .await
+                .map_err(|_| "redis: connect timed out".to_string())?
+                .map_err(|e| format!("redis: {e}"))?;
+            conns.push(conn);
+        }
+        Ok(conns)
+    };
+    std::thread::Builder::new()
+        .name("publishers".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let conns = match work.await {
+                    Ok(conns) => conns,
+                    Err(err) => {
+                        let _ = started_tx.send(Err(err));
+                        return;
+                    }
+                };
+                let start = Instant::now() + Duration::from_millis(20);
+                let _ = started_tx.send(Ok(start));
+                let mut publishers = JoinSet::new();
+                for (index, conn) in conns.into_iter().enumerate() {
+                    publishers.spawn(run(
+                        index as u64,
+                        schedule.clone(),
+                        topics.clone(),
+                        conn,
+                        stats.clone(),
+                        epoch,
+                        start,
+                    ));
+                }
+                // Bounded by the schedule plus one PUBLISH timeout per
+                // message at worst; the run's deadline caps it anyway.
+                while publishers.join_next().await.is_some() {}
+                let _ = finished_tx.send(());
+            })
+        })
+        .map_err(|e| format!("publisher thread: {e}"))?;
+    Ok(Running { started, finished })
+}
+
 /// Publishes sequence numbers `index, index + publishers, ...` at their
 /// scheduled times from `start`; `topics[seq % topics.len()]` names the
 /// channel, so one topic gets everything and many topics are served
 /// round-robin.
-pub async fn run(
+async fn run(
     index: u64,
     schedule: Arc<Schedule>,
     topics: Arc<Vec<String>>,

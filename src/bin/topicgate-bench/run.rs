@@ -52,6 +52,7 @@ pub async fn run(
         }
     };
     let before = gateway(report, "before");
+    let cores_before = sys::cores();
 
     // Setup: every connection is its own task from here to teardown.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -131,6 +132,10 @@ pub async fn run(
     }
     let setup_secs = setup_start.elapsed().as_secs_f64();
     let after_setup = gateway(report, "after_setup");
+    report.insert(
+        "cores_busy_setup".into(),
+        json!(sys::cores_busy(&cores_before, &sys::cores())),
+    );
     let ok = established.len();
     eprintln!(
         "setup: {ok}/{} established in {setup_secs:.2}s",
@@ -160,6 +165,7 @@ pub async fn run(
                 "rss_bytes_per_connection":
                     round3(per_conn((a.rss_kib as f64 - b.rss_kib as f64) * 1024.0)),
                 "cpu_secs": round3(a.cpu_secs - b.cpu_secs),
+                "cpu_sys_secs": round3(a.sys_secs - b.sys_secs),
                 "cpu_ms_per_connection": round3(per_conn((a.cpu_secs - b.cpu_secs) * 1000.0)),
             }),
         );
@@ -211,6 +217,7 @@ async fn hold(
                 "secs": round3(held.elapsed().as_secs_f64()),
                 "rss_kib_end": e.rss_kib,
                 "cpu_secs": round3(e.cpu_secs - a.cpu_secs),
+                "cpu_sys_secs": round3(e.sys_secs - a.sys_secs),
                 "cpu_util": round3(sys::utilisation(a, e, held.elapsed())),
             }),
         );
@@ -228,50 +235,34 @@ async fn publish(
     report: &mut Map<String, Value>,
     gateway: &impl Fn(&mut Map<String, Value>, &str) -> Option<Sample>,
 ) -> Result<(), String> {
-    let client = redis::Client::open(args.redis.as_str()).map_err(|e| format!("redis: {e}"))?;
-    let mut conns = Vec::new();
-    for _ in 0..args.publishers {
-        let conn = timeout(
-            Duration::from_secs(5),
-            client.get_multiplexed_async_connection(),
-        )
-        .await
-        .map_err(|_| "redis: connect timed out".to_string())?
-        .map_err(|e| format!("redis: {e}"))?;
-        conns.push(conn);
-    }
     let schedule = Arc::new(Schedule {
         rate: args.rate,
         total: stats.per_seq.len() as u64,
         publishers: args.publishers,
         padding: "x".repeat(args.payload_bytes),
     });
-    let topics = Arc::new(topics);
+    let total = schedule.total;
+    let topic_count = topics.len();
     let own = std::process::id();
     let (gw_before, self_before) = (gateway(report, "window_start"), sys::sample(own).ok());
-    let start = Instant::now() + Duration::from_millis(20);
+    let cores_before = sys::cores();
+    let running = publisher::spawn(
+        args.redis.clone(),
+        schedule,
+        Arc::new(topics),
+        stats.clone(),
+        epoch,
+    )?;
+    let start = running
+        .started
+        .await
+        .map_err(|_| "publisher thread ended early".to_string())??;
     let start_ns = start.duration_since(epoch).as_nanos() as u64;
-    let mut publishers = JoinSet::new();
-    for (index, conn) in conns.into_iter().enumerate() {
-        publishers.spawn(publisher::run(
-            index as u64,
-            schedule.clone(),
-            topics.clone(),
-            conn,
-            stats.clone(),
-            epoch,
-            start,
-        ));
-    }
     eprintln!(
-        "publish: {} messages over {}s to {} topic(s)",
-        schedule.total,
-        args.duration,
-        topics.len()
+        "publish: {total} messages over {}s to {topic_count} topic(s)",
+        args.duration
     );
-    // Bounded by the schedule plus a PUBLISH timeout per message at worst;
-    // the run's deadline caps it in any case.
-    while publishers.join_next().await.is_some() {}
+    let _ = running.finished.await;
     let published_secs = start.elapsed().as_secs_f64();
     let (ok, _, _, _) = stats.publish_outcomes(fanout);
     let expected = ok * u64::from(fanout);
@@ -281,6 +272,10 @@ async fn publish(
     }
     let window = start.elapsed();
     let (gw_after, self_after) = (gateway(report, "window_end"), sys::sample(own).ok());
+    report.insert(
+        "cores_busy_window".into(),
+        json!(sys::cores_busy(&cores_before, &sys::cores())),
+    );
     let (ok, full, partial, none) = stats.publish_outcomes(fanout);
     let received = stats.received.load(Relaxed);
     let last = stats.last_delivery_ns.load(Relaxed);
@@ -291,7 +286,7 @@ async fn publish(
         json!({
             "rate": args.rate,
             "duration_secs": args.duration,
-            "planned": schedule.total,
+            "planned": total,
             "ok": ok,
             "achieved_rate": round3(ok as f64 / published_secs.max(1e-9)),
             "lag_max_ms": round3(stats.publish_lag_max_ns.load(Relaxed) as f64 / 1e6),
@@ -334,6 +329,7 @@ async fn publish(
             json!({
                 "secs": round3(window.as_secs_f64()),
                 "cpu_secs": round3(cpu),
+                "cpu_sys_secs": round3(a.sys_secs - b.sys_secs),
                 "cpu_util": round3(sys::utilisation(b, a, window)),
                 "cpu_secs_per_million_deliveries": round3(per_million),
                 "rss_kib_start": b.rss_kib,

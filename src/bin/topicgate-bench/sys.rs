@@ -20,12 +20,16 @@ pub struct Sample {
     pub rss_kib: u64,
     /// utime + stime, in seconds.
     pub cpu_secs: f64,
+    /// stime alone: time in the kernel on the process's behalf (syscalls).
+    pub sys_secs: f64,
 }
 
 pub fn sample(pid: u32) -> Result<Sample, String> {
+    let (user, sys) = cpu_secs(pid)?;
     Ok(Sample {
         rss_kib: rss_kib(pid)?,
-        cpu_secs: cpu_secs(pid)?,
+        cpu_secs: user + sys,
+        sys_secs: sys,
     })
 }
 
@@ -40,7 +44,8 @@ fn rss_kib(pid: u32) -> Result<u64, String> {
         .ok_or_else(|| format!("{path}: no VmRSS line"))
 }
 
-fn cpu_secs(pid: u32) -> Result<f64, String> {
+/// `(utime, stime)` in seconds.
+fn cpu_secs(pid: u32) -> Result<(f64, f64), String> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
     // The command name (field 2) may hold spaces and parentheses; the
@@ -58,7 +63,7 @@ fn cpu_secs(pid: u32) -> Result<f64, String> {
             .ok_or_else(|| format!("{path}: no utime/stime"))
     };
     let (utime, stime) = (ticks()?, ticks()?);
-    Ok((utime + stime) as f64 / CLK_TCK)
+    Ok((utime as f64 / CLK_TCK, stime as f64 / CLK_TCK))
 }
 
 /// CPU seconds `pid` spent between two samples over a wall-clock span, as
@@ -70,6 +75,46 @@ pub fn utilisation(before: Sample, after: Sample, wall: Duration) -> f64 {
     } else {
         0.0
     }
+}
+
+/// Per-core jiffies from /proc/stat: `(busy, total)` for each `cpuN`.
+/// Busy counts user, nice, system, irq, softirq and steal time, so it also
+/// shows kernel work no process is charged for (loopback TCP delivery in
+/// softirq context) and load from other processes on the same core.
+pub fn cores() -> Vec<(u64, u64)> {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return Vec::new();
+    };
+    stat.lines()
+        .filter(|line| line.starts_with("cpu") && !line.starts_with("cpu "))
+        .map(|line| {
+            let ticks: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            let total: u64 = ticks.iter().take(8).sum();
+            // The 4th and 5th fields are idle and iowait.
+            let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+            (total - idle.min(total), total)
+        })
+        .collect()
+}
+
+/// Share of each core that was busy between two [`cores`] readings.
+pub fn cores_busy(before: &[(u64, u64)], after: &[(u64, u64)]) -> Vec<f64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(&(b_busy, b_total), &(a_busy, a_total))| {
+            let total = a_total.saturating_sub(b_total);
+            if total == 0 {
+                return 0.0;
+            }
+            let share = a_busy.saturating_sub(b_busy) as f64 / total as f64;
+            (share * 1000.0).round() / 1000.0
+        })
+        .collect()
 }
 
 #[cfg(all(
