@@ -7,19 +7,27 @@
 //! identity's claim values, glob-escaped so that no value can widen a rule,
 //! and compiled. [`Policy::check`] is then a pure lookup per subscribe.
 
+//!
+//! Every glob is parsed with the same options on every platform: `*` also
+//! matches `.` and `/`, `\` escapes the next character (SPEC §2), and `{,x}`
+//! keeps its empty alternative.
+
 use std::sync::Arc;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::{Glob, GlobBuilder, GlobMatcher};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::auth::Identity;
 use crate::config::Issue;
 
+/// `[acl]` as written in the file, before validation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawAcl {
+    /// `"allow"` or `"deny"`: the decision when no rule matches.
     pub default: String,
+    /// `[[acl.rules]]` in order; the first that matches decides.
     pub rules: Vec<RawRule>,
 }
 
@@ -32,12 +40,16 @@ impl Default for RawAcl {
     }
 }
 
+/// One `[[acl.rules]]` entry, before validation.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
+    /// Globs, possibly with `${claim}` templates; any one matching suffices.
     pub topics: Vec<String>,
+    /// Claim name (dotted for nested) -> value the token must carry.
     #[serde(default)]
     pub claims: Map<String, Value>,
+    /// `"allow"` or `"deny"`.
     pub effect: String,
 }
 
@@ -65,8 +77,21 @@ impl Decision {
 /// A rule's topic patterns: compiled now, or filled per identity.
 #[derive(Debug)]
 enum Patterns {
-    Static(Arc<GlobSet>),
+    Static(Arc<Globs>),
     Templated(Vec<Template>),
+}
+
+/// A rule's compiled globs, any one of which matching suffices. Each is
+/// matched by its own regex rather than through a `GlobSet`: the set's
+/// shortcuts read a path's file name and miss topics ending in `/..` (the
+/// set says `**..` does not match `a/..`), and a topic is not a path.
+#[derive(Debug)]
+struct Globs(Vec<GlobMatcher>);
+
+impl Globs {
+    fn is_match(&self, topic: &str) -> bool {
+        self.0.iter().any(|glob| glob.is_match(topic))
+    }
 }
 
 /// A pattern split into literal glob text and `${claim}` references.
@@ -76,31 +101,46 @@ struct Template(Vec<Piece>);
 #[derive(Debug)]
 enum Piece {
     Glob(String),
-    /// A dotted claim path.
-    Claim(Vec<String>),
+    Claim(ClaimPath),
+}
+
+/// A claim a rule names: `role`, or `org.role` for a nested one.
+#[derive(Debug)]
+struct ClaimPath {
+    /// As written: tried first as one top-level key, so that namespaced
+    /// claims such as `https://example.com/roles` can be named too.
+    name: String,
+    /// `name` split at dots, to walk nested objects (SPEC §2).
+    segments: Vec<String>,
 }
 
 #[derive(Debug)]
 struct Rule {
+    /// What topics the rule covers once its claims hold.
     patterns: Patterns,
-    /// `(dotted path, expected value)`; all must hold.
-    claims: Vec<(Vec<String>, Value)>,
+    /// `(claim, expected value)`; all must hold for the rule to apply.
+    claims: Vec<(ClaimPath, Value)>,
+    /// What a match decides.
     effect: Effect,
 }
 
 /// Compiled `[acl]`.
 #[derive(Debug)]
 pub struct Acl {
+    /// The decision when no rule matches.
     default: Effect,
+    /// In file order, which is the order of precedence.
     rules: Vec<Rule>,
 }
 
 /// The ACL as it applies to one identity: only plain globs remain.
 #[derive(Debug, Clone)]
 pub struct Policy {
+    /// The decision when no rule matches.
     default: Effect,
-    /// `(rule index, its globs, its effect)` for the rules that apply.
-    rules: Vec<(usize, Arc<GlobSet>, Effect)>,
+    /// `(rule index, its globs, its effect)` for the rules that apply; the
+    /// index is the rule's position in the file, for logs and details.
+    rules: Vec<(usize, Arc<Globs>, Effect)>,
 }
 
 impl Acl {
@@ -112,22 +152,26 @@ impl Acl {
             let key = format!("acl.rules[{index}]");
             let effect = parse_effect(&rule.effect, &format!("{key}.effect"), &mut issues);
             if rule.topics.is_empty() {
-                issues.push(Issue::new(format!("{key}.topics"), "must list at least one glob"));
+                issues.push(Issue::new(
+                    format!("{key}.topics"),
+                    "must list at least one glob",
+                ));
             }
-            let claims = rule
-                .claims
-                .iter()
-                .map(|(path, value)| (split_path(path), value.clone()))
-                .collect();
+            let claims = compile_claims(&rule.claims, &key, &mut issues);
             let issues_before = issues.len();
             let mut templates = Vec::new();
             for (i, pattern) in rule.topics.iter().enumerate() {
                 let pkey = format!("{key}.topics[{i}]");
                 match Template::parse(pattern) {
                     Ok(template) => {
-                        // Validate the glob syntax with a harmless stand-in value.
-                        if let Err(err) = Glob::new(&template.fill(&|_| Some("x".into()))) {
-                            issues.push(Issue::new(pkey, format!("bad glob {pattern:?}: {err}")));
+                        // A filled claim is a braced literal whatever its
+                        // value (see `literal`), so one stand-in proves the
+                        // glob valid for every identity.
+                        if let Err(err) = glob(&template.fill(&|_| Some("x".into()))) {
+                            issues.push(Issue::new(
+                                pkey,
+                                format!("bad glob {pattern:?}: {}", err.kind()),
+                            ));
                         }
                         templates.push(template);
                     }
@@ -138,7 +182,7 @@ impl Acl {
                 continue;
             }
             let patterns = if templates.iter().all(Template::is_static) {
-                match build_set(templates.iter().map(|t| t.fill(&|_| None))) {
+                match build_globs(templates.iter().map(|t| t.fill(&|_| None))) {
                     Ok(set) => Patterns::Static(Arc::new(set)),
                     Err(err) => {
                         issues.push(Issue::new(format!("{key}.topics"), err.to_string()));
@@ -168,24 +212,30 @@ impl Acl {
             let claims_hold = rule
                 .claims
                 .iter()
-                .all(|(path, expected)| claim_matches(lookup(&identity.claims, path), expected));
+                .all(|(path, expected)| claim_matches(path.lookup(&identity.claims), expected));
             if !claims_hold {
                 continue;
             }
             let set = match &rule.patterns {
                 Patterns::Static(set) => set.clone(),
                 Patterns::Templated(templates) => {
-                    let value = |path: &[String]| {
-                        lookup(&identity.claims, path)
-                            .and_then(scalar_text)
-                            .map(|v| escape(&v))
-                    };
+                    let value =
+                        |path: &ClaimPath| path.lookup(&identity.claims).and_then(scalar_text);
                     let filled: Option<Vec<String>> =
                         templates.iter().map(|t| t.try_fill(&value)).collect();
                     // A rule naming a claim the token lacks does not match.
                     let Some(filled) = filled else { continue };
-                    match build_set(filled) {
+                    match build_globs(filled) {
                         Ok(set) => Arc::new(set),
+                        // Unreachable: `compile` proved every filling valid.
+                        // Should it happen, a deny rule that cannot be built
+                        // denies everything from here on rather than vanish.
+                        Err(_) if rule.effect == Effect::Deny => {
+                            return Policy {
+                                default: Effect::Deny,
+                                rules,
+                            };
+                        }
                         Err(_) => continue,
                     }
                 }
@@ -201,8 +251,8 @@ impl Acl {
 
 impl Policy {
     pub fn check(&self, topic: &str) -> Decision {
-        for (index, set, effect) in &self.rules {
-            if set.is_match(topic) {
+        for (index, globs, effect) in &self.rules {
+            if globs.is_match(topic) {
                 return decide(*effect, Some(*index));
             }
         }
@@ -218,30 +268,71 @@ fn decide(effect: Effect, rule: Option<usize>) -> Decision {
 }
 
 impl Template {
+    /// Splits `pattern` at its `${claim}` references. The scan follows
+    /// globset's own reading of the glob, so that `\${` stays literal text
+    /// and a reference inside a `[...]` class, where globset has no escapes
+    /// and a value such as `a-z` would become a range, is refused.
     fn parse(pattern: &str) -> Result<Self, String> {
+        let bytes = pattern.as_bytes();
         let mut pieces = Vec::new();
-        let mut rest = pattern;
-        while let Some(start) = rest.find("${") {
-            if start > 0 {
-                pieces.push(Piece::Glob(rest[..start].to_string()));
+        // Start of the glob text not yet pushed. Every index below sits on an
+        // ASCII byte, so slicing there is always on a char boundary.
+        let mut start = 0;
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' => i += 2,
+                b'[' => {
+                    // `[!` and `[^` negate; a `]` right after the opening
+                    // (and negation) is a member, the next one closes.
+                    let mut j = i + 1;
+                    if matches!(bytes.get(j), Some(b'!' | b'^')) {
+                        j += 1;
+                    }
+                    if bytes.get(j) == Some(&b']') {
+                        j += 1;
+                    }
+                    let end = bytes[j.min(bytes.len())..]
+                        .iter()
+                        .position(|&b| b == b']')
+                        .map_or(bytes.len(), |p| j + p + 1);
+                    if pattern[i..end].contains("${") {
+                        return Err(format!(
+                            "a ${{claim}} cannot be used inside a [...] class in {pattern:?}"
+                        ));
+                    }
+                    i = end;
+                }
+                b'$' if bytes.get(i + 1) == Some(&b'{') => {
+                    if start < i {
+                        pieces.push(Piece::Glob(pattern[start..i].to_string()));
+                    }
+                    let after = i + 2;
+                    let end = pattern[after..]
+                        .find('}')
+                        .map(|p| after + p)
+                        .ok_or_else(|| format!("unterminated ${{ in {pattern:?}"))?;
+                    let name = &pattern[after..end];
+                    let valid = !name.is_empty()
+                        && name.split('.').all(|segment| !segment.is_empty())
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+                    if !valid {
+                        return Err(format!(
+                            "bad claim name {name:?} in {pattern:?}: use letters, digits, '_', '-' \
+                             and '.' between names"
+                        ));
+                    }
+                    pieces.push(Piece::Claim(ClaimPath::new(name)));
+                    i = end + 1;
+                    start = i;
+                }
+                _ => i += 1,
             }
-            let after = &rest[start + 2..];
-            let end = after
-                .find('}')
-                .ok_or_else(|| format!("unterminated ${{ in {pattern:?}"))?;
-            let name = &after[..end];
-            let valid = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-            if !valid {
-                return Err(format!("bad claim name {name:?} in {pattern:?}"));
-            }
-            pieces.push(Piece::Claim(split_path(name)));
-            rest = &after[end + 1..];
         }
-        if !rest.is_empty() {
-            pieces.push(Piece::Glob(rest.to_string()));
+        if start < bytes.len() {
+            pieces.push(Piece::Glob(pattern[start..].to_string()));
         }
         Ok(Self(pieces))
     }
@@ -251,30 +342,91 @@ impl Template {
     }
 
     /// Fills claims with `value`; a missing claim becomes an empty string.
-    fn fill(&self, value: &dyn Fn(&[String]) -> Option<String>) -> String {
+    fn fill(&self, value: &dyn Fn(&ClaimPath) -> Option<String>) -> String {
         self.try_fill(&|path| Some(value(path).unwrap_or_default()))
             .unwrap_or_default()
     }
 
-    /// Fills claims with `value`; `None` when a claim is missing.
-    fn try_fill(&self, value: &dyn Fn(&[String]) -> Option<String>) -> Option<String> {
+    /// Fills claims with `value`, each as a [`literal`]; `None` when a claim
+    /// is missing.
+    fn try_fill(&self, value: &dyn Fn(&ClaimPath) -> Option<String>) -> Option<String> {
         let mut out = String::new();
         for piece in &self.0 {
             match piece {
                 Piece::Glob(text) => out.push_str(text),
-                Piece::Claim(path) => out.push_str(&value(path)?),
+                Piece::Claim(path) => out.push_str(&literal(&value(path)?)),
             }
         }
         Some(out)
     }
 }
 
-fn build_set(patterns: impl IntoIterator<Item = String>) -> Result<GlobSet, globset::Error> {
-    let mut builder = GlobSetBuilder::new();
-    for pattern in patterns {
-        builder.add(Glob::new(&pattern)?);
+impl ClaimPath {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            segments: name.split('.').map(str::to_string).collect(),
+        }
     }
-    builder.build()
+
+    fn lookup<'a>(&self, claims: &'a Map<String, Value>) -> Option<&'a Value> {
+        if let Some(value) = claims.get(&self.name) {
+            return Some(value);
+        }
+        let (first, rest) = self.segments.split_first()?;
+        let mut value = claims.get(first)?;
+        for key in rest {
+            value = value.as_object()?.get(key)?;
+        }
+        Some(value)
+    }
+}
+
+fn compile_claims(
+    raw: &Map<String, Value>,
+    key: &str,
+    issues: &mut Vec<Issue>,
+) -> Vec<(ClaimPath, Value)> {
+    let mut claims = Vec::new();
+    for (name, expected) in raw {
+        let ckey = format!("{key}.claims.{name}");
+        if name.is_empty() {
+            issues.push(Issue::new(ckey, "claim name is empty"));
+        } else if !matches!(
+            expected,
+            Value::String(_) | Value::Number(_) | Value::Bool(_)
+        ) {
+            issues.push(Issue::new(
+                ckey,
+                "expected a string, number or boolean (name a nested claim with a dotted key, \
+                 e.g. \"org.role\")",
+            ));
+        } else {
+            claims.push((ClaimPath::new(name), expected.clone()));
+        }
+    }
+    claims
+}
+
+/// The one place globs are parsed, so that templates, static rules and the
+/// compile-time check agree: `*` crosses `.` and `/`, `\` escapes on every
+/// platform (globset turns escapes off on Windows by default), and an empty
+/// alternative is kept, so `{,x}` means "nothing or x" and an empty claim
+/// value in `{a,${sub}}` stands for itself.
+fn glob(pattern: &str) -> Result<Glob, globset::Error> {
+    GlobBuilder::new(pattern)
+        .literal_separator(false)
+        .backslash_escape(true)
+        .empty_alternates(true)
+        .build()
+}
+
+fn build_globs(patterns: impl IntoIterator<Item = String>) -> Result<Globs, globset::Error> {
+    patterns
+        .into_iter()
+        .map(|pattern| glob(&pattern).map(|glob| glob.compile_matcher()))
+        .collect::<Result<_, _>>()
+        .map(Globs)
 }
 
 fn parse_effect(text: &str, key: &str, issues: &mut Vec<Issue>) -> Effect {
@@ -291,29 +443,31 @@ fn parse_effect(text: &str, key: &str, issues: &mut Vec<Issue>) -> Effect {
     }
 }
 
-fn split_path(path: &str) -> Vec<String> {
-    path.split('.').map(str::to_string).collect()
-}
-
-fn lookup<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
-    let (first, rest) = path.split_first()?;
-    let mut value = claims.get(first)?;
-    for key in rest {
-        value = value.as_object()?.get(key)?;
-    }
-    Some(value)
-}
-
 /// Equal, or contained when the claim is an array (SPEC §2).
 fn claim_matches(claim: Option<&Value>, expected: &Value) -> bool {
     match claim {
         None => false,
-        Some(Value::Array(items)) if !expected.is_array() => items.contains(expected),
-        Some(value) => value == expected,
+        Some(Value::Array(items)) => items.iter().any(|item| same_scalar(item, expected)),
+        Some(value) => same_scalar(value, expected),
     }
 }
 
-/// The text a claim substitutes as; arrays and objects do not substitute.
+/// Equality where numbers compare by value: TOML's `level = 1` must match a
+/// token's `1.0`. Strings never equal numbers or booleans.
+fn same_scalar(claim: &Value, expected: &Value) -> bool {
+    match (claim, expected) {
+        (Value::Number(a), Value::Number(b)) => match (a.as_i128(), b.as_i128()) {
+            (Some(a), Some(b)) => a == b,
+            _ => a.as_f64() == b.as_f64(),
+        },
+        (Value::String(a), Value::String(b)) => a == b,
+        (Value::Bool(a), Value::Bool(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// The text a claim substitutes as; arrays, objects and null do not
+/// substitute, so a rule naming them does not match.
 fn scalar_text(value: &Value) -> Option<String> {
     match value {
         Value::String(s) => Some(s.clone()),
@@ -323,9 +477,18 @@ fn scalar_text(value: &Value) -> Option<String> {
     }
 }
 
+/// A claim value as glob text matching exactly that value wherever a
+/// template puts it (outside a class, which `Template::parse` refuses).
+/// Braces isolate it: globset decides whether `**` is recursive by looking
+/// at the raw character beside it, so an escaped `,` or `/` from a value
+/// right next to a template's `**` would otherwise change its meaning.
+fn literal(value: &str) -> String {
+    format!("{{{}}}", escape(value))
+}
+
 /// Makes every glob meta-character of a claim value literal with globset's
-/// backslash escape. `,` is escaped too: inside `{a,b}` it would otherwise
-/// split an alternative.
+/// backslash escape: `* ? [ ] { }`, `\` itself, and `,`, which inside a
+/// `{a,b}` alternation would otherwise split an alternative.
 pub fn escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
@@ -336,3 +499,6 @@ pub fn escape(value: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,25 +1,33 @@
 //! Token verification: `verify(token, now) -> Identity` (SPEC §1, §2 `[auth]`).
 //!
-//! Keys are parsed once when the config compiles. The clock is an argument,
-//! so expiry and not-before are checked here against the caller's `now` (the
-//! library's own clock checks are turned off), which keeps tests exact.
-//! Nothing in this module logs or returns a token or a secret.
+//! Keys are parsed once when the config compiles, and checked there against
+//! every allowed algorithm, so a key that cannot verify a configured
+//! algorithm is a config error rather than a stream of refused tokens. The
+//! clock is an argument, so expiry and not-before are checked here against
+//! the caller's `now` (the library's own clock checks are turned off), which
+//! keeps tests exact. Nothing in this module logs or returns a token or a
+//! secret: every [`AuthError`] carries only `'static` text.
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
+use jsonwebtoken::crypto::CryptoProvider;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::Issue;
 
+/// `[auth]` as written in the file, before validation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawAuth {
+    /// `"jwt"` or `"bypass"`; anything else is a config error.
     pub mode: String,
+    /// Seconds a jwt-mode connection may stay unauthenticated (SPEC §1).
     pub timeout_secs: u64,
+    /// `[auth.jwt]`: how tokens are verified.
     pub jwt: RawJwt,
 }
 
@@ -33,15 +41,23 @@ impl Default for RawAuth {
     }
 }
 
+/// `[auth.jwt]` as written in the file, before validation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawJwt {
+    /// Algorithm names a token's header may carry; see [`SUPPORTED`].
     pub algorithms: Vec<String>,
+    /// HS* secret given inline (handy with `TOPICGATE__AUTH__JWT__SECRET`).
     pub secret: String,
+    /// HS* secret read from a file (Kubernetes secrets), trimmed of whitespace.
     pub secret_file: String,
+    /// PEM public key for the one allowed RS*, ES* or EdDSA family.
     pub public_key_file: String,
+    /// Required `iss` when non-empty.
     pub issuer: String,
+    /// Required `aud` (or one of an `aud` array) when non-empty.
     pub audience: String,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
 }
 
@@ -59,6 +75,20 @@ impl Default for RawJwt {
     }
 }
 
+/// The algorithms SPEC §2 offers. jsonwebtoken also knows PS*, which the
+/// contract does not list, so a config naming them is refused.
+pub const SUPPORTED: [Algorithm; 9] = [
+    Algorithm::HS256,
+    Algorithm::HS384,
+    Algorithm::HS512,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
 /// `auth.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -73,7 +103,8 @@ pub enum Mode {
 pub struct Identity {
     /// The token's claims; empty for an anonymous (bypass) identity.
     pub claims: Map<String, Value>,
-    /// `exp` in seconds since the epoch, when the token carries one.
+    /// When the session must end (SPEC §1 "Token lifetime"): the token's
+    /// `exp` plus the leeway, in seconds since the epoch; `None` without `exp`.
     pub expires_at: Option<u64>,
 }
 
@@ -89,32 +120,39 @@ impl Identity {
 }
 
 /// Why a token was refused. `Display` is the `detail` sent to the client:
-/// precise about the cause, silent about the token and the keys.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// precise about the cause, silent about the token and the keys. Every
+/// payload is `'static` so that nothing read from a token can end up here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("token is malformed")]
     Malformed,
     #[error("token signature is invalid")]
     BadSignature,
     #[error("token algorithm {0} is not allowed")]
-    AlgorithmNotAllowed(String),
+    AlgorithmNotAllowed(&'static str),
     #[error("token is signed with {0} but only asymmetric keys are configured")]
-    KeyConfusion(String),
+    KeyConfusion(&'static str),
     #[error("token has expired")]
     Expired,
     #[error("token is not valid yet")]
     NotYetValid,
     #[error("token issuer is not accepted")]
     WrongIssuer,
+    #[error("token has no issuer (iss) but one is required")]
+    MissingIssuer,
     #[error("token audience is not accepted")]
     WrongAudience,
+    #[error("token has no audience (aud) but one is required")]
+    MissingAudience,
     #[error("claim {0} has an invalid format")]
-    BadClaim(String),
+    BadClaim(&'static str),
 }
 
 /// One verification key with the validation rules that go with it.
 struct KeyedValidation {
+    /// Parsed once at compile; verifying never touches the file again.
     key: DecodingKey,
+    /// This key's family only, so a token can never pick another family's key.
     validation: Validation,
 }
 
@@ -131,8 +169,13 @@ pub struct Authenticator {
     secret: Option<Vec<u8>>,
     /// Key for the configured asymmetric family, when `public_key_file` is set.
     public: Option<KeyedValidation>,
+    /// Required in every token and added to signed ones; its value is
+    /// compared by jsonwebtoken through each `Validation`.
     issuer: Option<String>,
+    /// Required in every token and added to signed ones; its value is
+    /// compared by jsonwebtoken through each `Validation`.
     audience: Option<String>,
+    /// Seconds of clock skew accepted on `exp` and `nbf`.
     leeway: u64,
 }
 
@@ -166,25 +209,15 @@ impl Authenticator {
             issues.push(Issue::new("auth.timeout_secs", "must be at least 1"));
         }
         let jwt = &raw.jwt;
-        let mut algorithms = Vec::new();
-        for name in &jwt.algorithms {
-            match name.parse::<Algorithm>() {
-                Ok(alg) => algorithms.push(alg),
-                Err(_) => issues.push(Issue::new(
-                    "auth.jwt.algorithms",
-                    format!("unknown algorithm {name:?}"),
-                )),
-            }
-        }
-        if jwt.algorithms.is_empty() {
-            issues.push(Issue::new("auth.jwt.algorithms", "must list at least one algorithm"));
-        }
+        let algorithms = parse_algorithms(&jwt.algorithms, &mut issues);
         let mut asymmetric: Vec<AlgorithmFamily> = Vec::new();
         for family in algorithms.iter().map(|a| a.family()) {
             if family != AlgorithmFamily::Hmac && !asymmetric.contains(&family) {
                 asymmetric.push(family);
             }
         }
+        // One public key serves one family: RS* and ES* tokens cannot both
+        // verify against the same PEM.
         if asymmetric.len() > 1 {
             issues.push(Issue::new(
                 "auth.jwt.algorithms",
@@ -196,6 +229,8 @@ impl Authenticator {
         let wants_hmac = algorithms
             .iter()
             .any(|a| a.family() == AlgorithmFamily::Hmac);
+        // Bypass accepts any string anyway; demanding a secret there would
+        // only stop a dev setup from starting.
         if wants_hmac && secret.is_none() && mode == Mode::Jwt {
             issues.push(Issue::new(
                 "auth.jwt.secret",
@@ -222,14 +257,17 @@ impl Authenticator {
             },
             _ => None,
         };
-        let public = match asymmetric.first() {
-            Some(family) => Self::load_public_key(jwt, *family, base_dir, &mut issues).map(|key| {
-                KeyedValidation {
-                    key,
-                    validation: Self::validation(jwt, family_algs(*family)),
-                }
-            }),
-            None => None,
+        let public = match asymmetric.as_slice() {
+            [family] => {
+                let algs = family_algs(*family);
+                Self::load_public_key(jwt, *family, &algs, base_dir, &mut issues).map(|key| {
+                    KeyedValidation {
+                        key,
+                        validation: Self::validation(jwt, algs),
+                    }
+                })
+            }
+            _ => None,
         };
         if !issues.is_empty() {
             return Err(issues);
@@ -285,54 +323,97 @@ impl Authenticator {
         }
     }
 
+    /// Reads the PEM for `family` and proves it can verify each of `algs`.
     fn load_public_key(
         jwt: &RawJwt,
         family: AlgorithmFamily,
+        algs: &[Algorithm],
         base_dir: &Path,
         issues: &mut Vec<Issue>,
     ) -> Option<DecodingKey> {
         const KEY: &str = "auth.jwt.public_key_file";
         if jwt.public_key_file.is_empty() {
-            issues.push(Issue::new(KEY, "must be set when an RS*, ES* or EdDSA algorithm is allowed"));
+            issues.push(Issue::new(
+                KEY,
+                "must be set when an RS*, ES* or EdDSA algorithm is allowed",
+            ));
             return None;
         }
         let path = base_dir.join(&jwt.public_key_file);
         let pem = match std::fs::read(&path) {
             Ok(pem) => pem,
             Err(err) => {
-                issues.push(Issue::new(KEY, format!("cannot read {}: {err}", path.display())));
+                issues.push(Issue::new(
+                    KEY,
+                    format!("cannot read {}: {err}", path.display()),
+                ));
                 return None;
             }
         };
+        let family_name = family_name(family);
+        // jsonwebtoken takes the first bit string of an RSA private key as if
+        // it were a public key and then fails every signature; a private key
+        // also has no business on the gateway. Say so instead.
+        if pem.windows(16).any(|w| w == b"PRIVATE KEY-----") {
+            issues.push(Issue::new(
+                KEY,
+                format!(
+                    "{} holds a private key; give the {family_name} public key \
+                     (openssl pkey -in KEY -pubout)",
+                    path.display()
+                ),
+            ));
+            return None;
+        }
         let key = match family {
             AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&pem),
             AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&pem),
             AlgorithmFamily::Ed => DecodingKey::from_ed_pem(&pem),
             AlgorithmFamily::Hmac => return None,
         };
-        key.map_err(|err| {
-            issues.push(Issue::new(
-                KEY,
-                format!("{} is not a {family:?} public key in PEM: {err}", path.display()),
-            ))
-        })
-        .ok()
+        let key = match key {
+            Ok(key) => key,
+            Err(err) => {
+                issues.push(Issue::new(
+                    KEY,
+                    format!(
+                        "{} is not an {family_name} public key in PEM: {err}",
+                        path.display()
+                    ),
+                ));
+                return None;
+            }
+        };
+        match usable_for(&key, family, algs) {
+            Ok(()) => Some(key),
+            Err(reason) => {
+                issues.push(Issue::new(KEY, format!("{} {reason}", path.display())));
+                None
+            }
+        }
     }
 
     fn validation(jwt: &RawJwt, algorithms: Vec<Algorithm>) -> Validation {
-        let mut validation = Validation::new(algorithms[0]);
-        validation.algorithms = algorithms;
-        // Time claims are checked in `verify` against the caller's clock.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
+        let mut validation = Validation {
+            algorithms,
+            // Time claims are checked in `verify` against the caller's clock.
+            validate_exp: false,
+            validate_nbf: false,
+            leeway: 0,
+            ..Validation::default()
+        };
+        // jsonwebtoken checks `iss` and `aud` only when the token carries
+        // them; `verify` requires them itself, in a fixed order (the
+        // library's required set is a HashSet, so its first complaint would
+        // vary from run to run).
         validation.required_spec_claims = HashSet::new();
-        validation.leeway = 0;
         if jwt.issuer.is_empty() {
             validation.iss = None;
         } else {
             validation.set_issuer(&[&jwt.issuer]);
         }
         if jwt.audience.is_empty() {
+            // Otherwise any token carrying an `aud` would be refused.
             validation.validate_aud = false;
         } else {
             validation.set_audience(&[&jwt.audience]);
@@ -342,13 +423,7 @@ impl Authenticator {
 
     /// Checks `token` at time `now` (seconds since the epoch).
     pub fn verify(&self, token: &str, now: u64) -> Result<Identity, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|err| match err.kind() {
-            ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
-                AuthError::AlgorithmNotAllowed("none".into())
-            }
-            _ => AuthError::Malformed,
-        })?;
-        let alg = header.alg;
+        let alg = header_alg(token)?;
         let keyed = if !self.algorithms.contains(&alg) {
             None
         } else if alg.family() == AlgorithmFamily::Hmac {
@@ -357,37 +432,50 @@ impl Authenticator {
             self.public.as_ref()
         };
         let Some(keyed) = keyed else {
-            let name = format!("{alg:?}");
+            // The classic confusion attack: an HS token whose "secret" is the
+            // public key. It is refused here, before any key is touched.
             if alg.family() == AlgorithmFamily::Hmac && self.hmac.is_none() && self.public.is_some()
             {
-                return Err(AuthError::KeyConfusion(name));
+                return Err(AuthError::KeyConfusion(alg_name(alg)));
             }
-            return Err(AuthError::AlgorithmNotAllowed(name));
+            return Err(AuthError::AlgorithmNotAllowed(alg_name(alg)));
         };
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &keyed.key, &keyed.validation)
             .map_err(|err| match err.kind() {
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
                 ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
                 ErrorKind::InvalidAudience => AuthError::WrongAudience,
-                ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => AuthError::WrongIssuer,
-                ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => {
-                    AuthError::WrongAudience
-                }
-                ErrorKind::InvalidClaimFormat(claim) => AuthError::BadClaim(claim.clone()),
-                ErrorKind::InvalidAlgorithm => AuthError::AlgorithmNotAllowed(format!("{alg:?}")),
+                ErrorKind::InvalidClaimFormat(claim) => AuthError::BadClaim(claim_name(claim)),
+                ErrorKind::InvalidAlgorithm => AuthError::AlgorithmNotAllowed(alg_name(alg)),
+                // `compile` proved the key usable for every allowed algorithm,
+                // so these cannot come from the token; if they do, the token
+                // still cannot be verified.
+                ErrorKind::InvalidEcdsaKey
+                | ErrorKind::InvalidEddsaKey
+                | ErrorKind::InvalidRsaKey(_)
+                | ErrorKind::InvalidKeyFormat => AuthError::BadSignature,
                 _ => AuthError::Malformed,
             })?;
         let claims = data.claims;
-        let time_claim = |name: &str| -> Result<Option<u64>, AuthError> {
+        // `null` counts as absent, as it does for jsonwebtoken's own checks.
+        let absent = |name: &str| claims.get(name).is_none_or(Value::is_null);
+        if self.issuer.is_some() && absent("iss") {
+            return Err(AuthError::MissingIssuer);
+        }
+        if self.audience.is_some() && absent("aud") {
+            return Err(AuthError::MissingAudience);
+        }
+        let time_claim = |name: &'static str| -> Result<Option<u64>, AuthError> {
             match claims.get(name) {
                 None => Ok(None),
                 Some(value) => value
                     .as_u64()
                     .or_else(|| value.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
                     .map(Some)
-                    .ok_or_else(|| AuthError::BadClaim(name.into())),
+                    .ok_or(AuthError::BadClaim(name)),
             }
         };
+        // RFC 7519 §4.1.4: valid strictly before `exp`; §4.1.5: from `nbf` on.
         let expires_at = time_claim("exp")?;
         if let Some(exp) = expires_at {
             if exp.saturating_add(self.leeway) <= now {
@@ -406,17 +494,16 @@ impl Authenticator {
     }
 
     /// Authorization as the session sees it: in bypass mode any string
-    /// succeeds, and a well-formed token's claims are still used for the ACL.
+    /// succeeds, and a well-formed token's claims are still used for the ACL
+    /// whether or not they verify (SPEC §2 `mode = "bypass"`).
     pub fn authorize(&self, token: &str, now: u64) -> Result<Identity, AuthError> {
         match self.mode {
             Mode::Jwt => self.verify(token, now),
-            Mode::Bypass => Ok(self.verify(token, now).unwrap_or_else(|_| {
-                jsonwebtoken::dangerous::insecure_decode::<Map<String, Value>>(token)
-                    .map(|data| Identity {
-                        claims: data.claims,
-                        expires_at: None,
-                    })
-                    .unwrap_or_default()
+            Mode::Bypass => Ok(self.verify(token, now).unwrap_or_else(|_| Identity {
+                claims: unverified_parts(token)
+                    .map(|(_, claims)| claims)
+                    .unwrap_or_default(),
+                expires_at: None,
             })),
         }
     }
@@ -432,10 +519,14 @@ impl Authenticator {
             .ok_or(SignError::NoHmac)?;
         let secret = self.secret.as_ref().ok_or(SignError::NoSecret)?;
         if let Some(iss) = &self.issuer {
-            claims.entry("iss").or_insert_with(|| Value::String(iss.clone()));
+            claims
+                .entry("iss")
+                .or_insert_with(|| Value::String(iss.clone()));
         }
         if let Some(aud) = &self.audience {
-            claims.entry("aud").or_insert_with(|| Value::String(aud.clone()));
+            claims
+                .entry("aud")
+                .or_insert_with(|| Value::String(aud.clone()));
         }
         let key = jsonwebtoken::EncodingKey::from_secret(secret)
             .map_err(|err| SignError::Encode(err.to_string()))?;
@@ -447,7 +538,9 @@ impl Authenticator {
 /// Why `topicgate token` cannot sign.
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
-    #[error("no HS* algorithm is allowed in auth.jwt.algorithms; tokens for RS*/ES*/EdDSA must be signed by your identity provider")]
+    #[error(
+        "no HS* algorithm is allowed in auth.jwt.algorithms; tokens for RS*/ES*/EdDSA must be signed by your identity provider"
+    )]
     NoHmac,
     #[error("auth.jwt.secret (or secret_file) is not set")]
     NoSecret,
@@ -462,3 +555,158 @@ pub fn now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+fn parse_algorithms(names: &[String], issues: &mut Vec<Issue>) -> Vec<Algorithm> {
+    const KEY: &str = "auth.jwt.algorithms";
+    if names.is_empty() {
+        issues.push(Issue::new(KEY, "must list at least one algorithm"));
+    }
+    let mut algorithms = Vec::new();
+    for name in names {
+        match name.parse::<Algorithm>() {
+            Ok(alg) if SUPPORTED.contains(&alg) => algorithms.push(alg),
+            _ => {
+                let expected: Vec<&str> = SUPPORTED.iter().map(|a| alg_name(*a)).collect();
+                issues.push(Issue::new(
+                    KEY,
+                    format!(
+                        "unknown algorithm {name:?}; expected one of {}",
+                        expected.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    algorithms
+}
+
+/// Proves at compile time that `key` can verify every algorithm in `algs`,
+/// so that a mismatch (a P-256 key with ES384, a truncated Ed25519 key, an
+/// RSA PEM that is not RSA) is reported with the config key, not at the
+/// first token.
+fn usable_for(
+    key: &DecodingKey,
+    family: AlgorithmFamily,
+    algs: &[Algorithm],
+) -> Result<(), String> {
+    match family {
+        AlgorithmFamily::Rsa => {
+            // The RustCrypto verifier parses the key at each verification and
+            // turns a parse failure into "invalid signature"; parse it once
+            // here the same way.
+            let (Some(provider), Ok(der)) =
+                (CryptoProvider::try_get_default(), key.try_get_as_bytes())
+            else {
+                return Ok(());
+            };
+            (provider.key_utils.rsa_pub_components_from_public_key)(der)
+                .map(|_| ())
+                .map_err(|err| format!("is not a usable RSA public key: {err}"))
+        }
+        AlgorithmFamily::Ec | AlgorithmFamily::Ed => {
+            // The EdDSA verifier slices the first 32 bytes of the key and
+            // panics on a shorter one.
+            if family == AlgorithmFamily::Ed
+                && !matches!(key.try_get_as_bytes(), Ok(bytes) if bytes.len() == 32)
+            {
+                return Err("is not a usable Ed25519 public key (expected 32 bytes)".into());
+            }
+            let hint = match family {
+                AlgorithmFamily::Ec => {
+                    " (ES256 needs a P-256 key, ES384 a P-384 key: allow only the one that matches)"
+                }
+                _ => "",
+            };
+            for alg in algs {
+                // An empty signature fails verification (`Ok(false)`); only a
+                // key the algorithm cannot use is an `Err`.
+                if jsonwebtoken::crypto::verify("", b"", key, *alg).is_err() {
+                    return Err(format!("cannot verify {}{hint}", alg_name(*alg)));
+                }
+            }
+            Ok(())
+        }
+        AlgorithmFamily::Hmac => Ok(()),
+    }
+}
+
+/// The algorithm a token's header claims, or why the header is refused.
+fn header_alg(token: &str) -> Result<Algorithm, AuthError> {
+    match jsonwebtoken::decode_header(token) {
+        Ok(header) => Ok(header.alg),
+        // jsonwebtoken fails to parse a header whose `alg` it does not know
+        // ("none" included) like any other bad JSON; tell the two apart.
+        Err(_) => match unverified_parts(token)
+            .and_then(|(header, _)| header.get("alg").and_then(Value::as_str).map(str::to_owned))
+        {
+            Some(alg) if alg.parse::<Algorithm>().is_ok() => Err(AuthError::Malformed),
+            Some(alg) if alg.eq_ignore_ascii_case("none") => {
+                Err(AuthError::AlgorithmNotAllowed("none"))
+            }
+            Some(_) => Err(AuthError::AlgorithmNotAllowed("(unrecognized)")),
+            None => Err(AuthError::Malformed),
+        },
+    }
+}
+
+/// Header and claims of a `header.payload.signature` token, unverified;
+/// `None` unless both decode to JSON objects.
+fn unverified_parts(token: &str) -> Option<(Map<String, Value>, Map<String, Value>)> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    Some((segment_object(header)?, segment_object(payload)?))
+}
+
+/// One base64url segment decoded as a JSON object. jsonwebtoken decodes the
+/// middle segment of `a.b.c` this way without checking anything else, and it
+/// is the only base64url decoder this crate depends on.
+fn segment_object(segment: &str) -> Option<Map<String, Value>> {
+    jsonwebtoken::dangerous::insecure_decode_claims(format!("_.{segment}._")).ok()
+}
+
+/// The JWA name of an algorithm, as a `'static` string for [`AuthError`].
+fn alg_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::EdDSA => "EdDSA",
+        _ => "(unrecognized)",
+    }
+}
+
+/// A registered claim name jsonwebtoken reports, as a `'static` string.
+fn claim_name(claim: &str) -> &'static str {
+    match claim {
+        "exp" => "exp",
+        "nbf" => "nbf",
+        "iss" => "iss",
+        "aud" => "aud",
+        "sub" => "sub",
+        _ => "(registered claim)",
+    }
+}
+
+fn family_name(family: AlgorithmFamily) -> &'static str {
+    match family {
+        AlgorithmFamily::Hmac => "HMAC",
+        AlgorithmFamily::Rsa => "RSA",
+        AlgorithmFamily::Ec => "EC",
+        AlgorithmFamily::Ed => "Ed25519",
+    }
+}
+
+#[cfg(test)]
+mod tests;
