@@ -6,8 +6,10 @@
 //! SPEC §1 live in one place.
 
 use std::borrow::Cow;
+use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 /// A text frame ready for the socket; cloning shares the bytes, so one
@@ -16,6 +18,10 @@ pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Longest topic accepted, in bytes (SPEC §1).
 pub const MAX_TOPIC_BYTES: usize = 256;
+
+/// The only whitespace JSON allows around a value (RFC 8259 §2); `str::trim`
+/// would also strip Unicode spaces that are not JSON.
+const JSON_WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -80,11 +86,20 @@ pub fn decode(text: &str) -> Result<Request, DecodeError> {
         detail,
         id,
     };
+    // serde's derived struct impl also accepts a JSON array of the fields in
+    // order (`["subscribe","S","T"]`); SPEC §1 requests are objects only.
+    if !text.trim_start_matches(JSON_WHITESPACE).starts_with('{') {
+        let detail = match serde_json::from_str::<IgnoredAny>(text) {
+            Ok(_) => "not a request object: expected a JSON object".to_string(),
+            Err(err) => format!("not valid JSON: {err}"),
+        };
+        return Err(bad(detail, None));
+    }
     let raw: RawRequest = serde_json::from_str(text).map_err(|err| {
         let detail = if err.is_syntax() || err.is_eof() {
             format!("not valid JSON: {err}")
         } else {
-            format!("not a request object: {err}")
+            format!("invalid request: {err}")
         };
         bad(detail, None)
     })?;
@@ -353,14 +368,103 @@ pub fn encode_delivery(topic: &str, payload: &[u8]) -> Frame {
     push_json_string(&mut out, topic);
     out.push_str(r#","snapshot":"#);
     match std::str::from_utf8(payload) {
-        Ok(text) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
-            out.push_str(text.trim())
-        }
+        Ok(text) if is_strict_json(text) => out.push_str(text.trim_matches(JSON_WHITESPACE)),
         Ok(text) => push_json_string(&mut out, text),
         Err(_) => push_json_string(&mut out, &String::from_utf8_lossy(payload)),
     }
     out.push('}');
     Frame::from(out)
+}
+
+/// Deepest nesting of a payload embedded as JSON. serde_json, so every Rust
+/// client, refuses text nested deeper than 127 arrays/objects, and the
+/// delivery frame wraps the snapshot in one more object.
+const MAX_SNAPSHOT_DEPTH: usize = 126;
+
+/// Whether `text` is one JSON value that strict readers accept.
+///
+/// `IgnoredAny` is not enough to vet a payload embedded raw: it skips string
+/// escapes and numbers unchecked, so it passes `"\ud800"` (a lone surrogate)
+/// and `1e400` (out of range), which `serde_json::Value`, Go and other strict
+/// clients refuse, losing the whole delivery frame. [`StrictJson`] decodes
+/// every string and number (in serde_json's scratch buffer, nothing kept) and
+/// bounds the nesting; a refused payload then travels as a JSON string like
+/// any other non-JSON text.
+fn is_strict_json(text: &str) -> bool {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let seed = StrictJson {
+        depth_left: MAX_SNAPSHOT_DEPTH,
+    };
+    seed.deserialize(&mut de).is_ok() && de.end().is_ok()
+}
+
+/// Walks one JSON value, refusing what strict readers refuse.
+#[derive(Clone, Copy)]
+struct StrictJson {
+    /// Arrays/objects that may still open inside this value.
+    depth_left: usize,
+}
+
+impl StrictJson {
+    fn inner<E: de::Error>(self) -> Result<Self, E> {
+        match self.depth_left.checked_sub(1) {
+            Some(depth_left) => Ok(StrictJson { depth_left }),
+            None => Err(E::custom("nested too deeply")),
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for StrictJson {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictJson {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.inner()?;
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.inner()?;
+        // Keys are strings, decoded (so checked) by the same visitor.
+        while map.next_entry_seed(inner, inner)?.is_some() {}
+        Ok(())
+    }
 }
 
 fn push_json_string(out: &mut String, text: &str) {
