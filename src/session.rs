@@ -537,6 +537,12 @@ where
     }
     drop(queue);
     let Some(reason) = reason else { return sink };
+    if reason == Disconnect::Gone {
+        // The peer's close frame was read and tungstenite queued the reply;
+        // send it, so a clean close ends as 1000 rather than 1006.
+        let _ = timeout(CLOSE_TIMEOUT, sink.close()).await;
+        return sink;
+    }
     let (Some(frame), Some(code)) = (reason.final_frame(), reason.close_code()) else {
         return sink;
     };

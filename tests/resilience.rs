@@ -202,3 +202,31 @@ async fn sigterm_closes_clients_with_1001_and_exits_0() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn client_close_is_answered_with_a_close_frame() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let gateway = start_gateway(base_config(None, "")).await;
+    let mut ws = Client::raw(gateway.addr, "/ws").await;
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    })))
+    .await
+    .unwrap();
+    loop {
+        let message = tokio::time::timeout(EVENT_TIMEOUT, ws.next())
+            .await
+            .expect("close reply in time")
+            .expect("stream open until the close reply")
+            .expect("no reset: the server answers the close");
+        if let Message::Close(frame) = message {
+            assert_eq!(frame.map(|f| f.code), Some(CloseCode::Normal));
+            break;
+        }
+    }
+    gateway.shared.connections_at_most(0).await;
+}
