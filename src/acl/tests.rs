@@ -34,7 +34,7 @@ fn allow_only(topics: &str) -> Acl {
     ))
 }
 
-/// The example of docs/POLICIES.md, verbatim.
+/// The example of the README's Policies section, verbatim.
 const POLICIES_EXAMPLE: &str = r#"
 [acl]
 default = "deny"
@@ -69,7 +69,7 @@ fn policies_example_table() {
     let alice = acl.bind(&who(json!({"sub": "alice", "roles": ["user"]})));
     let bob = acl.bind(&who(json!({"sub": "bob", "roles": ["user", "admin"]})));
     let star = acl.bind(&who(json!({"sub": "*"})));
-    // One row per row of the table in docs/POLICIES.md, same order:
+    // One row per row of the table in the README's Policies section, same order:
     // (topic, alice, bob, sub "*").
     let rows: &[(&str, Decision, Decision, Decision)] = &[
         (
