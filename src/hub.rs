@@ -188,6 +188,12 @@ impl Hub {
                 done,
             };
             match topics.get_mut(topic) {
+                // While the broker is down the topic is held but not live
+                // at Redis: confirming now would promise deliveries that
+                // cannot arrive until the resubscription (SPEC §1).
+                Some(Entry::Active(_)) if !*self.broker.ready().borrow() => {
+                    return Err(BrokerError::Unavailable("broker is not connected".into()));
+                }
                 Some(Entry::Active(subscribers)) => {
                     client.push(waiter.ack);
                     Arc::make_mut(subscribers).push(waiter.client);

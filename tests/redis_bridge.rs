@@ -146,6 +146,10 @@ async fn subscribe_while_redis_is_down_is_unavailable_and_recorded_nowhere() {
     assert_eq!(reply["action"], "subscribe");
     assert_eq!(reply["error"], "unavailable");
     assert_eq!(reply["context"], "test-new");
+    // A topic this replica already holds is not live at Redis either.
+    let mut other = Client::connect(gateway.addr).await;
+    other.login("bob").await;
+    assert_eq!(other.subscribe("test-kept").await["error"], "unavailable");
 
     // Redis comes back on the same port: the live topic is resubscribed by
     // itself, the refused one is not.

@@ -79,6 +79,8 @@ impl Publisher {
 /// Where the subscribing connection goes.
 struct Target {
     client: redis::Client,
+    /// URL and password as configured: equal means the same connection.
+    server: (String, Option<String>),
     prefix: Arc<str>,
     reconnect_max: Duration,
 }
@@ -88,9 +90,16 @@ impl Target {
         let info = connection_info(settings)?;
         Ok(Self {
             client: redis::Client::open(info).map_err(|e| e.to_string())?,
+            server: (settings.url.clone(), settings.password.clone()),
             prefix: settings.channel_prefix.as_str().into(),
             reconnect_max: settings.reconnect_max,
         })
+    }
+
+    /// Whether `other` would subscribe the same channels on the same server
+    /// with the same credentials.
+    fn same_link(&self, other: &Target) -> bool {
+        self.prefix == other.prefix && self.server == other.server
     }
 
     fn channel(&self, topic: &str) -> String {
@@ -289,6 +298,11 @@ impl Actor {
             tokio::select! {
                 command = inbox.recv() => match command {
                     Some(Command::Reconfigure(settings)) => match Target::new(&settings) {
+                        // Same server, same channels: a second connection
+                        // would only deliver what arrives meanwhile twice.
+                        Ok(target) if self.target.same_link(&target) => {
+                            self.target.reconnect_max = target.reconnect_max;
+                        }
                         Ok(target) => {
                             tracing::info!("redis settings changed; connecting to the new redis");
                             self.next = Some(target);
