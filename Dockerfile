@@ -14,8 +14,8 @@ COPY . .
 RUN cargo build --release --locked
 
 FROM debian:bookworm-slim
-# ca-certificates: the trust store any TLS peer needs (rediss:// once the
-# redis client is built with TLS; this build refuses it).
+# ca-certificates: the trust store rediss:// connections verify Redis against
+# (add a private CA to it, or point SSL_CERT_FILE at one).
 # curl: the HEALTHCHECK below. The alternatives were worse: a health-check
 # subcommand would add a CLI mode the contract (SPEC §4) does not have, and
 # bash's /dev/tcp needs a shell and cannot read the HTTP status. curl in

@@ -492,7 +492,6 @@ fn accepted_redis_urls_and_brokers() {
 }
 
 #[test]
-#[ignore = "the redis crate is built without a TLS feature (Cargo.toml)"]
 fn rediss_urls_are_accepted() {
     compile_text(&format!(
         "{MINIMAL}[redis]\nurl = \"rediss://user:pw@cache.example:6380/2\"\n"
