@@ -2,11 +2,8 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::*;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test]
 async fn rediss_url_subscribes_and_publishes_over_tls() {
@@ -27,29 +24,9 @@ async fn rediss_url_subscribes_and_publishes_over_tls() {
     .unwrap();
     // The test CA is trusted the way operators add a private CA: the system
     // trust store, here pointed to by SSL_CERT_FILE.
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_topicgate"))
-        .arg("--config")
-        .arg(&config)
-        .env("SSL_CERT_FILE", &ca)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let line = tokio::time::timeout(EVENT_TIMEOUT, lines.next_line())
-            .await
-            .expect("redis connected over TLS in time")
-            .unwrap()
-            .expect("gateway running");
-        if line.contains("redis connected") {
-            break;
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let mut gateway = GatewayProcess::spawn(&config, &[("SSL_CERT_FILE", ca.as_os_str())]);
+    gateway.wait_for_line("redis connected").await;
+    gateway.drain_log();
 
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let (status, _) = http_get(addr, "/readyz").await;

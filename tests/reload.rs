@@ -4,12 +4,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use common::*;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 use topicgate::config::watch::{Outcome, Reloader, Watcher};
 use topicgate::server::Gateway;
@@ -303,35 +301,10 @@ async fn sighup_reloads_the_running_binary() {
         ),
     )
     .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_topicgate"))
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut wait_for_line = async |needle: &str| loop {
-        let line = tokio::time::timeout(EVENT_TIMEOUT, lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("no {needle:?} line in time"))
-            .unwrap()
-            .expect("gateway still running");
-        if line.contains(needle) {
-            return;
-        }
-    };
-    wait_for_line("watching config for changes").await;
-    let pid = child.id().unwrap().to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    wait_for_line("config reloaded").await;
+    let mut gateway = GatewayProcess::spawn(&path, &[]);
+    gateway.wait_for_line("watching config for changes").await;
+    gateway.signal("HUP");
+    gateway.wait_for_line("config reloaded").await;
     let (_, metrics) = http_get(format!("127.0.0.1:{port}").parse().unwrap(), "/metrics").await;
     assert!(
         metrics.contains("topicgate_config_reloads_total 1"),

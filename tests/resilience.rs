@@ -4,11 +4,8 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::*;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test]
 async fn silent_peer_is_dropped_after_the_idle_timeout_and_its_topics_released() {
@@ -158,45 +155,22 @@ async fn sigterm_closes_clients_with_1001_and_exits_0() {
         format!("[server]\nbind = \"127.0.0.1:{port}\"\n[auth]\nmode = \"bypass\"\n[broker]\nkind = \"memory\"\n[acl]\ndefault = \"allow\"\n"),
     )
     .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_topicgate"))
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // Wait for the "listening" log line: the event that the port is bound.
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let line = tokio::time::timeout(EVENT_TIMEOUT, lines.next_line())
-            .await
-            .expect("gateway starts in time")
-            .unwrap()
-            .expect("gateway printed its listening line");
-        if line.contains("topicgate listening") {
-            break;
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // The "listening" log line is the event that the port is bound.
+    let mut gateway = GatewayProcess::spawn(&path, &[]);
+    gateway.wait_for_line("topicgate listening").await;
+    gateway.drain_log();
 
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut c = Client::connect(addr).await;
     c.subscribed("anything").await;
-    let pid = child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    gateway.signal("TERM");
     let (frames, close) = c.recv_until_close().await;
     assert_eq!(
         frames,
         vec![json!({"action":"connect","message":"client disconnect","error":"shutdown"})]
     );
     assert_eq!(u16::from(close.expect("close frame").code), 1001);
-    let status = tokio::time::timeout(EVENT_TIMEOUT, child.wait())
+    let status = tokio::time::timeout(EVENT_TIMEOUT, gateway.child.wait())
         .await
         .unwrap()
         .unwrap();

@@ -267,6 +267,9 @@ impl Actor {
                 let moving = self.next.is_some();
                 match self.establish().await {
                     Ok(()) => {
+                        // Ready before the log line, which tests and
+                        // operators take as the sign of a usable broker.
+                        self.ready.send_replace(true);
                         if moving {
                             tracing::info!(
                                 topics = self.topics.len(),
@@ -283,7 +286,6 @@ impl Actor {
                         }
                         was_connected = true;
                         backoff = BACKOFF_START;
-                        self.ready.send_replace(true);
                     }
                     Err(err) => {
                         let delay = jitter(backoff);

@@ -545,3 +545,66 @@ impl RedisServer {
         server
     }
 }
+
+/// The `topicgate` binary running as a child process, its log on a pipe.
+pub struct GatewayProcess {
+    pub child: tokio::process::Child,
+    lines: Option<tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>>,
+}
+
+impl GatewayProcess {
+    /// Runs `topicgate --config <config>` with `envs` and info logs.
+    pub fn spawn(config: &Path, envs: &[(&str, &std::ffi::OsStr)]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_topicgate"));
+        command
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start the topicgate binary");
+        let stdout = child.stdout.take().expect("piped stdout");
+        Self {
+            child,
+            lines: Some(tokio::io::BufReader::new(stdout).lines()),
+        }
+    }
+
+    /// Waits for a log line containing `needle`: the process's own event.
+    pub async fn wait_for_line(&mut self, needle: &str) {
+        let lines = self.lines.as_mut().expect("log not yet handed off");
+        loop {
+            let line = tokio::time::timeout(EVENT_TIMEOUT, lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no {needle:?} log line in time"))
+                .expect("read the log")
+                .unwrap_or_else(|| panic!("gateway exited before logging {needle:?}"));
+            if line.contains(needle) {
+                return;
+            }
+        }
+    }
+
+    /// Keeps draining the log in the background, so the child never blocks on it.
+    pub fn drain_log(&mut self) {
+        if let Some(mut lines) = self.lines.take() {
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        }
+    }
+
+    /// Sends a signal (`"TERM"`, `"HUP"`, …) with `kill`.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("child running").to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{name} {pid}");
+    }
+}
