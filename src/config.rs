@@ -238,6 +238,11 @@ pub struct Config {
     pub acl: Acl,
     /// The raw form this was compiled from, for `check` and reload diffs.
     pub raw: RawConfig,
+    /// Fingerprint of the effective config (hex), so operators can tell
+    /// which version each replica runs (`/readyz`).
+    pub hash: String,
+    /// When this config was compiled, in seconds since the epoch.
+    pub loaded_at: u64,
 }
 
 impl Default for Config {
@@ -299,6 +304,8 @@ impl RawConfig {
                 limits,
                 acl,
                 raw: self.clone(),
+                hash: self.fingerprint(),
+                loaded_at: crate::auth::now(),
             }),
             _ => Err(ConfigError { file: None, issues }),
         }
@@ -399,6 +406,15 @@ impl RawConfig {
             requests_per_sec: l.requests_per_sec,
             request_burst: l.request_burst,
         }
+    }
+
+    /// A stable hash of the effective config, secrets included (so a
+    /// rotated secret changes it) but never revealed by it.
+    fn fingerprint(&self) -> String {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut hasher = DefaultHasher::new();
+        toml::to_string(self).unwrap_or_default().hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
     }
 
     /// The effective config as TOML with every secret replaced by `"***"`.

@@ -108,6 +108,7 @@ fn readyz(shared: Arc<Shared>) -> impl Filter<Extract = (Body,), Error = warp::R
                 "broker": broker.kind(),
                 "bypass": config.auth.mode == crate::auth::Mode::Bypass,
                 "connections": shared.connections(),
+                "config": {"hash": config.hash, "loaded_at": config.loaded_at},
             });
             let status = if ready {
                 StatusCode::OK

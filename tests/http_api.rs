@@ -200,6 +200,16 @@ async fn readyz_reports_broker_and_bypass() {
     assert_eq!(body["redis"], "up");
     assert_eq!(body["broker"], "redis");
     assert_eq!(body["bypass"], true);
+    let hash = body["config"]["hash"].as_str().unwrap().to_string();
+    assert_eq!(hash.len(), 16);
+    assert!(body["config"]["loaded_at"].as_u64().unwrap() > 1_700_000_000);
+    // A new config shows a new hash.
+    let changed = base_config(Some(&redis), "[auth]\nmode = \"jwt\"\n");
+    gateway.config.send_replace(std::sync::Arc::new(changed));
+    let (_, body) = http_get(gateway.addr, "/readyz").await;
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_ne!(body["config"]["hash"], hash.as_str());
+    assert_eq!(body["bypass"], false);
     let (status, _) = http_get(gateway.addr, "/healthz").await;
     assert_eq!(status, 200);
     let (status, _) = http_get(gateway.addr, "/nowhere").await;

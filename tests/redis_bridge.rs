@@ -182,3 +182,39 @@ async fn gateway_serves_while_redis_is_away_at_start() {
     c.login("alice").await;
     assert_eq!(c.subscribe("anything").await["error"], "unavailable");
 }
+
+#[tokio::test]
+async fn refused_redis_password_is_logged_clearly_and_retried() {
+    let redis = RedisServer::start_with(&["--requirepass", "right"]);
+    let dir = std::env::temp_dir().join(format!("topicgate-wrongpass-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nbind = \"127.0.0.1:{port}\"\n[auth]\nmode = \"bypass\"\n\
+             [redis]\nurl = \"{}\"\npassword = \"wrong\"\nreconnect_max_secs = 1\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let mut gateway = GatewayProcess::spawn(&config, &[]);
+    gateway.wait_for_line("redis refused authentication").await;
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (status, _) = http_get(addr, "/readyz").await;
+    assert_eq!(status, 503);
+    // The operator fixes Redis's side; the gateway's retries get through.
+    let mut admin = connect_redis(&format!("redis://:right@127.0.0.1:{}/0", redis.port)).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("wrong")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    gateway.wait_for_line("redis connected").await;
+    gateway.drain_log();
+    let (status, _) = http_get(addr, "/readyz").await;
+    assert_eq!(status, 200);
+}
