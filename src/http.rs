@@ -304,25 +304,35 @@ fn accept(
     };
     let accept_key = derive_accept_key(key.as_bytes());
     let limit = config.limits.max_message_bytes;
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(Some(limit))
-        .max_frame_size(Some(limit));
-    tokio::spawn(async move {
+    // This task lives as long as the connection, so its future's size is
+    // paid per connection: values it moves on are scoped to end before the
+    // next await, and the config is built inside rather than captured.
+    let task = async move {
         let _slot = slot;
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let io = TokioIo::new(upgraded);
-                let socket =
-                    WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
-                if let Some(socket) = crate::session::run(socket, shared, peer).await {
-                    linger(socket.into_inner()).await;
-                }
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(err) => {
+                tracing::debug!(error = %err, "upgrade failed");
+                return;
             }
-            Err(err) => tracing::debug!(error = %err, "upgrade failed"),
-        }
-    });
+        };
+        let session = {
+            let ws_config = WebSocketConfig::default()
+                .read_buffer_size(READ_BUFFER)
+                .write_buffer_size(WRITE_BUFFER)
+                .max_message_size(Some(limit))
+                .max_frame_size(Some(limit));
+            let io = TokioIo::new(upgraded);
+            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
+            crate::session::run(socket, shared, peer)
+        };
+        let io = match session.await {
+            Some(socket) => socket.into_inner(),
+            None => return,
+        };
+        linger(io).await;
+    };
+    tokio::spawn(task);
     let mut response = Response::new(Bytes::new().into());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();

@@ -8,6 +8,7 @@
 //! socket's `Stream`/`Sink`, so the logic runs over any transport.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,7 +107,15 @@ impl TokenBucket {
 /// Serves one upgraded connection until it closes. Returns the socket, so
 /// the caller can linger on it: a peer that still has unread bytes in flight
 /// would otherwise get a reset and may lose the close frame.
-pub async fn run<S>(socket: S, shared: Arc<Shared>, peer: Option<SocketAddr>) -> Option<S>
+///
+/// Not an `async fn`: its arguments would stay in the future for the whole
+/// connection, the unsplit socket included. The setup runs here and the
+/// future keeps only what the read loop needs.
+pub fn run<S>(
+    socket: S,
+    shared: Arc<Shared>,
+    peer: Option<SocketAddr>,
+) -> impl Future<Output = Option<S>> + Send
 where
     S: Stream<Item = Result<Message, WsError>>
         + Sink<Message, Error = WsError>
@@ -146,13 +155,15 @@ where
         topics: HashSet::new(),
         auth_deadline,
     };
-    let reason = session.read_loop(&mut stream, close_rx).await;
-    session.client.close(reason);
-    session.release_all();
-    tracing::info!(session = %session.id, peer = ?peer, reason = reason.code().unwrap_or("peer_closed"), "connection closed");
-    drop(session);
-    let sink = writer.await.ok()?;
-    stream.reunite(sink).ok()
+    async move {
+        let reason = session.read_loop(&mut stream, close_rx).await;
+        session.client.close(reason);
+        session.release_all();
+        tracing::info!(session = %session.id, peer = ?peer, reason = reason.code().unwrap_or("peer_closed"), "connection closed");
+        drop(session);
+        let sink = writer.await.ok()?;
+        stream.reunite(sink).ok()
+    }
 }
 
 impl Session {
@@ -167,8 +178,6 @@ impl Session {
         let mut config_rx = self.shared.config.clone();
         let idle_timeout = self.config.server.idle_timeout;
         let mut last_seen = Instant::now();
-        let mut heartbeat = tokio::time::interval(idle_timeout / 3);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = self.shared.shutdown.clone();
         if *shutdown.borrow_and_update() {
             return Disconnect::Shutdown;
@@ -178,6 +187,15 @@ impl Session {
                 Auth::Authenticated { expires, .. } => *expires,
                 Auth::None => None,
             };
+            // One timer for all three deadlines keeps a single `Sleep` in
+            // this future. The auth deadline is set only before
+            // authorization and the token's expiry only after, so at most
+            // one of them is pending.
+            let idle_at = last_seen + idle_timeout;
+            let timer = self
+                .auth_deadline
+                .or(expires)
+                .map_or(idle_at, |at| at.min(idle_at));
             tokio::select! {
                 message = stream.next() => {
                     last_seen = Instant::now();
@@ -187,7 +205,9 @@ impl Session {
                         return Disconnect::TooLarge;
                     }
                     Some(Err(_)) => return Disconnect::Gone,
-                    Some(Ok(Message::Text(text))) => self.handle_text(&text).await,
+                    // Boxed: requests are rare, and their future would
+                    // otherwise enlarge every idle connection's task.
+                    Some(Ok(Message::Text(text))) => Box::pin(self.handle_text(&text)).await,
                     Some(Ok(Message::Binary(_))) => {
                         self.client.push(protocol::decode_failure(&protocol::DecodeError {
                             code: ErrorCode::BadRequest,
@@ -198,10 +218,17 @@ impl Session {
                     Some(Ok(_)) => {}
                     }
                 }
-                _ = heartbeat.tick() => {
-                    // The writer pings every third of the timeout; any frame,
-                    // pongs included, proves the peer alive.
-                    if last_seen.elapsed() >= idle_timeout {
+                _ = sleep_until(timer) => {
+                    // The writer pings every third of the idle timeout; any
+                    // frame, pongs included, proves the peer alive.
+                    let now = Instant::now();
+                    if self.auth_deadline.is_some_and(|at| now >= at) {
+                        self.shared.metrics.auth_failure("auth_timeout");
+                        return Disconnect::AuthTimeout;
+                    }
+                    if expires.is_some_and(|at| now >= at) {
+                        self.expire();
+                    } else if now >= idle_at {
                         return Disconnect::Idle;
                     }
                 }
@@ -212,13 +239,6 @@ impl Session {
                     };
                 }
                 _ = shutdown.changed() => return Disconnect::Shutdown,
-                _ = sleep_until(self.auth_deadline.unwrap_or_else(far_future)), if self.auth_deadline.is_some() => {
-                    self.shared.metrics.auth_failure("auth_timeout");
-                    return Disconnect::AuthTimeout;
-                }
-                _ = sleep_until(expires.unwrap_or_else(far_future)), if expires.is_some() => {
-                    self.expire();
-                }
                 changed = config_rx.changed() => {
                     if changed.is_ok() {
                         let config = config_rx.borrow_and_update().clone();
@@ -465,12 +485,13 @@ impl Session {
     }
 }
 
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86400 * 365)
-}
-
 /// Drains the queue into the socket until the session closes, then sends the
 /// final frame and close frame when the reason calls for them.
+///
+/// Holds no buffer of its own while idle: each wake takes the first frame
+/// with `recv` and then up to [`WRITE_BATCH`] more with `try_recv`, feeding
+/// each straight into the sink, so an idle connection pays only for this
+/// future. `arrivals` grows on the first delivery, never before.
 async fn write_loop<W>(
     mut sink: W,
     mut queue: mpsc::Receiver<Outbound>,
@@ -481,29 +502,37 @@ async fn write_loop<W>(
 where
     W: Sink<Message, Error = WsError> + Unpin,
 {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    // Broker arrival times of the deliveries in the batch being written.
-    let mut arrivals = Vec::with_capacity(WRITE_BATCH);
+    // Broker arrival times of the deliveries written since the last flush.
+    let mut arrivals: Vec<Instant> = Vec::new();
     let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // `ping_due` when the heartbeat woke us rather than frames.
-        let (received, ping_due) = tokio::select! {
+        // `None` when the heartbeat woke us rather than a frame.
+        let first = tokio::select! {
             biased;
             _ = close_rx.changed() => break,
-            n = queue.recv_many(&mut batch, WRITE_BATCH) => (n, false),
-            _ = ping.tick() => (0, true),
+            outbound = queue.recv() => match outbound {
+                Some(outbound) => Some(outbound),
+                None => break,
+            },
+            _ = ping.tick() => None,
         };
-        if received == 0 && !ping_due {
-            break;
-        }
         let write = async {
-            if ping_due {
+            let Some(first) = first else {
                 sink.feed(Message::Ping(Default::default())).await?;
-            }
-            for outbound in batch.drain(..) {
-                arrivals.extend(outbound.arrived);
+                return sink.flush().await;
+            };
+            let mut next = Some(first);
+            let mut fed = 0;
+            while let Some(outbound) = next {
+                arrivals.extend(outbound.arrived());
                 sink.feed(Message::Text(outbound.frame)).await?;
+                fed += 1;
+                next = if fed < WRITE_BATCH {
+                    queue.try_recv().ok()
+                } else {
+                    None
+                };
             }
             sink.flush().await
         };
@@ -524,9 +553,9 @@ where
     let reason = *close_rx.borrow();
     // A slow consumer's queue is discarded unsent, as is anything left.
     queue.close();
-    let mut left = batch.iter().filter(|o| o.arrived.is_some()).count() as u64;
+    let mut left = 0u64;
     while let Ok(outbound) = queue.try_recv() {
-        left += u64::from(outbound.arrived.is_some());
+        left += u64::from(outbound.arrived().is_some());
     }
     if left > 0 {
         let why = match reason {
