@@ -18,7 +18,9 @@
 //! [`config`] turns the TOML file and environment into a validated,
 //! compiled [`config::Config`]; [`server`] wires it all on a bound listener
 //! and shares the config through a `watch` channel, so a new config reaches
-//! every session, which re-checks its subscriptions. [`shutdown`] turns
+//! every session, which re-checks its subscriptions; `config::watch`
+//! feeds that channel from the file (hot reload, SIGHUP). [`metrics`] holds
+//! the Prometheus series, one registry per gateway. [`shutdown`] turns
 //! SIGINT/SIGTERM into the drain. [`console`] serves the built-in web
 //! console, one self-contained page that speaks the same protocol.
 
