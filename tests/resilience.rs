@@ -204,3 +204,41 @@ async fn client_close_is_answered_with_a_close_frame() {
     }
     gateway.shared.connections_at_most(0).await;
 }
+
+#[tokio::test]
+async fn json_logs_carry_one_line_per_connection_without_tokens() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("topicgate-jsonlog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nbind = \"127.0.0.1:{port}\"\nlog_format = \"json\"\n\
+             [auth.jwt]\nsecret = \"{SECRET}\"\n[broker]\nkind = \"memory\"\n"
+        ),
+    )
+    .unwrap();
+    let mut gateway = GatewayProcess::spawn(&path, &[]);
+    let line = gateway.wait_for_line("topicgate listening").await;
+    let parsed: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(parsed["level"], "INFO");
+
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut c = Client::connect(addr).await;
+    let bad = token(json!({"sub": "alice", "exp": 1}));
+    assert_eq!(c.authorize(&bad).await["error"], "invalid_token");
+    let opened = gateway.wait_for_line("connection opened").await;
+    let opened: serde_json::Value = serde_json::from_str(&opened).unwrap();
+    assert_eq!(opened["fields"]["session"], c.session.as_str());
+    assert!(opened["fields"]["peer"].is_string());
+    let refused = gateway.wait_for_line("authorization refused").await;
+    assert!(!refused.contains(&bad), "a token reached the log");
+    assert!(!refused.contains(SECRET), "the secret reached the log");
+    let session = c.session.clone();
+    c.close().await;
+    let closed = gateway.wait_for_line("connection closed").await;
+    let closed: serde_json::Value = serde_json::from_str(&closed).unwrap();
+    assert_eq!(closed["fields"]["session"], session.as_str());
+    assert_eq!(closed["fields"]["reason"], "peer_closed");
+}

@@ -577,7 +577,8 @@ impl GatewayProcess {
     }
 
     /// Waits for a log line containing `needle`: the process's own event.
-    pub async fn wait_for_line(&mut self, needle: &str) {
+    /// Returns that line.
+    pub async fn wait_for_line(&mut self, needle: &str) -> String {
         let lines = self.lines.as_mut().expect("log not yet handed off");
         loop {
             let line = tokio::time::timeout(EVENT_TIMEOUT, lines.next_line())
@@ -586,7 +587,7 @@ impl GatewayProcess {
                 .expect("read the log")
                 .unwrap_or_else(|| panic!("gateway exited before logging {needle:?}"));
             if line.contains(needle) {
-                return;
+                return line;
             }
         }
     }
