@@ -252,8 +252,14 @@ impl Hub {
             Ok(()) => {
                 let mut subscribers = Vec::with_capacity(waiters.len());
                 for waiter in waiters {
+                    // The ack is queued before the session learns of the
+                    // success: once it knows, it answers later requests, and
+                    // those replies must not overtake this one.
+                    if waiter.done.is_closed() {
+                        continue;
+                    }
+                    waiter.client.push(waiter.ack);
                     if waiter.done.send(Ok(())).is_ok() {
-                        waiter.client.push(waiter.ack);
                         subscribers.push(waiter.client);
                     }
                 }

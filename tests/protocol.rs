@@ -398,3 +398,35 @@ for_each_broker!(
     bypass_mode_allows_subscribe_without_authorization_but_keeps_acl,
     shutdown_closes_clients_with_1001,
 );
+
+/// Replies come in request order even when the subscribe confirmation is
+/// produced on another thread than the next request's reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    for redis in [None, Some(RedisServer::start())] {
+        let gateway = start_gateway(base_config(
+            redis.as_ref(),
+            "[limits]\nrequests_per_sec = 100000\nrequest_burst = 100000\n",
+        ))
+        .await;
+        let mut c = Client::connect(gateway.addr).await;
+        c.login("alice").await;
+        let session = c.session.clone();
+        for i in 0..300 {
+            for action in ["subscribe", "unsubscribe"] {
+                let request = json!({"action": action, "session": session, "context": format!("t-{i}"), "id": i});
+                c.send_json(&request).await;
+            }
+        }
+        for i in 0..300 {
+            for action in ["subscribe", "unsubscribe"] {
+                let reply = c.recv().await;
+                assert_eq!(
+                    (reply["action"].as_str(), &reply["id"]),
+                    (Some(action), &json!(i)),
+                    "{reply}"
+                );
+            }
+        }
+    }
+}
