@@ -67,7 +67,6 @@ fn main() -> ExitCode {
     }
     let path = config::resolve_path(cli.config.as_deref());
     let loaded = config::load(&path, None);
-    let path_for_run = path.clone();
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => match loaded {
             Ok(config) => {
@@ -83,7 +82,7 @@ fn main() -> ExitCode {
         },
         Command::Publish { .. } => ExitCode::SUCCESS,
         Command::Run => match loaded {
-            Ok(config) => run(config, path_for_run, cli.log_format.as_deref()),
+            Ok(config) => run(config, path, cli.log_format.as_deref()),
             Err(err) => config_failure(&err),
         },
     }
