@@ -3,9 +3,11 @@
 //! The hub calls [`Broker::subscribe`] for a topic's first local subscriber
 //! and [`Broker::unsubscribe`] for its last; the broker hands every message
 //! it receives to a [`Deliver`] target (the hub's topic registry). Engines:
-//! [`redis`] (one Pub/Sub connection per replica) and [`memory`] (one
-//! process, no Redis). A new engine is one module implementing the trait.
+//! [`redis`] (one Pub/Sub connection per replica), [`cluster`] (sharded
+//! Pub/Sub on a Redis Cluster, one connection per master) and [`memory`]
+//! (one process, no Redis). A new engine is one module implementing the trait.
 
+pub mod cluster;
 pub mod memory;
 pub mod redis;
 
@@ -51,7 +53,12 @@ pub trait Broker: Send + Sync + 'static {
 pub fn start(config: &Config, target: Arc<dyn Deliver>, metrics: Arc<Metrics>) -> Arc<dyn Broker> {
     match config.broker {
         BrokerKind::Memory => Arc::new(memory::MemoryBroker::new(target)),
-        BrokerKind::Redis | BrokerKind::RedisCluster => Arc::new(redis::RedisBroker::start(
+        BrokerKind::Redis => Arc::new(redis::RedisBroker::start(
+            config.redis.clone(),
+            target,
+            metrics,
+        )),
+        BrokerKind::RedisCluster => Arc::new(cluster::ClusterBroker::start(
             config.redis.clone(),
             target,
             metrics,

@@ -282,12 +282,6 @@ impl RawConfig {
                 BrokerKind::Memory
             }
         };
-        if broker == BrokerKind::RedisCluster {
-            issues.push(Issue::new(
-                "broker.kind",
-                "\"redis-cluster\" is not available in this build yet",
-            ));
-        }
         let redis = self.compile_redis(broker, &mut issues);
         let limits = self.compile_limits(&mut issues);
         let auth = Authenticator::compile(&self.auth, base_dir).map_err(|mut found| {
@@ -350,14 +344,18 @@ impl RawConfig {
     fn compile_redis(&self, broker: BrokerKind, issues: &mut Vec<Issue>) -> Option<Redis> {
         let r = &self.redis;
         let mut ok = true;
-        if broker == BrokerKind::Redis {
-            if let Err(err) = redis::Client::open(r.url.as_str()) {
-                issues.push(Issue::new(
-                    "redis.url",
-                    format!("not a usable redis:// or rediss:// URL: {err}"),
-                ));
-                ok = false;
+        match broker {
+            BrokerKind::Redis => {
+                if let Err(err) = redis::Client::open(r.url.as_str()) {
+                    issues.push(Issue::new(
+                        "redis.url",
+                        format!("not a usable redis:// or rediss:// URL: {err}"),
+                    ));
+                    ok = false;
+                }
             }
+            BrokerKind::RedisCluster => ok &= check_cluster_nodes(&r.nodes, issues),
+            BrokerKind::Memory => {}
         }
         if r.pool_size == 0 {
             issues.push(Issue::new("redis.pool_size", "must be at least 1"));
@@ -438,6 +436,40 @@ impl RawConfig {
             Err(err) => format!("# could not render config: {err}\n"),
         }
     }
+}
+
+/// `redis.nodes` for `broker.kind = "redis-cluster"`: at least one seed, each
+/// a usable URL, all with the same scheme (TLS is all or nothing).
+fn check_cluster_nodes(nodes: &[String], issues: &mut Vec<Issue>) -> bool {
+    if nodes.is_empty() {
+        issues.push(Issue::new(
+            "redis.nodes",
+            "broker.kind = \"redis-cluster\" needs at least one seed node URL, e.g. [\"redis://10.0.0.1:7000\"]",
+        ));
+        return false;
+    }
+    let mut ok = true;
+    for node in nodes {
+        if let Err(err) = redis::Client::open(node.as_str()) {
+            issues.push(Issue::new(
+                "redis.nodes",
+                format!(
+                    "{:?} is not a usable redis:// or rediss:// URL: {err}",
+                    mask_url_password(node)
+                ),
+            ));
+            ok = false;
+        }
+    }
+    let tls = |node: &String| node.starts_with("rediss://");
+    if ok && nodes.iter().any(tls) && !nodes.iter().all(tls) {
+        issues.push(Issue::new(
+            "redis.nodes",
+            "mixes redis:// and rediss:// seeds; a cluster is reached with TLS or without",
+        ));
+        ok = false;
+    }
+    ok
 }
 
 /// `redis://user:pass@host` -> `redis://user:***@host`. A userinfo without

@@ -2,27 +2,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use common::*;
 use serde_json::{Value, json};
 
 const KEY: &str = "api-test-key";
-
-async fn post_publish(addr: SocketAddr, key: Option<&str>, body: &str) -> (u16, String) {
-    let auth = key
-        .map(|k| format!("Authorization: Bearer {k}\r\n"))
-        .unwrap_or_default();
-    http_request(
-        addr,
-        &format!(
-            "POST /publish HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{auth}\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
-    )
-    .await
-}
 
 async fn publish_endpoint_delivers(redis: Option<&RedisServer>) {
     let gateway = start_gateway(base_config(redis, &format!("[api]\nkey = \"{KEY}\"\n"))).await;

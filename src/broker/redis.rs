@@ -25,9 +25,9 @@ use crate::config::{Config, Redis};
 use crate::metrics::Metrics;
 
 /// Longest wait for Redis to accept a connection or confirm a command.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// First reconnect delay; doubles up to `redis.reconnect_max_secs`.
-const BACKOFF_START: Duration = Duration::from_millis(100);
+pub(super) const BACKOFF_START: Duration = Duration::from_millis(100);
 
 enum Command {
     Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
@@ -144,12 +144,14 @@ impl RedisBroker {
 }
 
 fn connection_info(settings: &Redis) -> Result<ConnectionInfo, String> {
-    let info = settings
-        .url
-        .as_str()
-        .into_connection_info()
-        .map_err(|e| e.to_string())?;
-    Ok(match &settings.password {
+    url_info(&settings.url, settings.password.as_deref())
+}
+
+/// `url` as connection settings, with `password` (when set) in place of
+/// the URL's own.
+pub(super) fn url_info(url: &str, password: Option<&str>) -> Result<ConnectionInfo, String> {
+    let info = url.into_connection_info().map_err(|e| e.to_string())?;
+    Ok(match password {
         Some(password) => {
             let redis = info.redis_settings().clone().set_password(password);
             info.set_redis_settings(redis)
@@ -158,11 +160,11 @@ fn connection_info(settings: &Redis) -> Result<ConnectionInfo, String> {
     })
 }
 
-fn unavailable(reason: impl std::fmt::Display) -> BrokerError {
+pub(super) fn unavailable(reason: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(reason.to_string())
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -416,7 +418,7 @@ impl Actor {
 }
 
 /// A log-friendly reason, with a hint for the errors operators hit most.
-fn describe(err: redis::RedisError) -> String {
+pub(super) fn describe(err: redis::RedisError) -> String {
     let text = err.to_string();
     let lower = text.to_ascii_lowercase();
     if lower.contains("wrongpass") || lower.contains("noauth") || lower.contains("auth") {
@@ -427,7 +429,7 @@ fn describe(err: redis::RedisError) -> String {
 }
 
 /// Between half and all of `delay`, so replicas do not reconnect in lockstep.
-fn jitter(delay: Duration) -> Duration {
+pub(super) fn jitter(delay: Duration) -> Duration {
     use rand::Rng;
     delay.mul_f64(rand::rng().random_range(0.5..=1.0))
 }

@@ -487,8 +487,40 @@ fn accepted_redis_urls_and_brokers() {
         compile_text(&format!("{MINIMAL}{section}\n"))
             .unwrap_or_else(|err| panic!("{section}: {err}"));
     }
-    let err = compile_text(&format!("{MINIMAL}[broker]\nkind = \"redis-cluster\"\n")).unwrap_err();
-    assert_eq!(issue_keys(&err), ["broker.kind"], "{err}");
+}
+
+#[test]
+fn redis_cluster_needs_usable_seed_nodes() {
+    let cluster = format!("{MINIMAL}[broker]\nkind = \"redis-cluster\"\n");
+    let config = compile_text(&format!(
+        "{cluster}[redis]\nnodes = [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(config.broker, BrokerKind::RedisCluster);
+    assert_eq!(config.redis.nodes.len(), 2);
+    // The single-Redis URL is not used, so it is not checked.
+    compile_text(&format!(
+        "{cluster}[redis]\nurl = \"http://unused\"\nnodes = [\"rediss://:pw@a.example:7000\"]\n"
+    ))
+    .unwrap();
+
+    for (nodes, says) in [
+        ("[]", "at least one seed"),
+        ("[\"http://10.0.0.1:7000\"]", "not a usable"),
+        (
+            "[\"redis://10.0.0.1:7000\", \"rediss://10.0.0.2:7000\"]",
+            "mixes redis:// and rediss://",
+        ),
+    ] {
+        let err = compile_text(&format!("{cluster}[redis]\nnodes = {nodes}\n")).unwrap_err();
+        assert_eq!(issue_keys(&err), ["redis.nodes"], "{nodes}: {err}");
+        assert!(err.to_string().contains(says), "{nodes}: {err}");
+    }
+    let err = compile_text(&format!(
+        "{cluster}[redis]\nnodes = [\"redis://:secret@[bad\"]\n"
+    ))
+    .unwrap_err();
+    assert!(!err.to_string().contains("secret"), "{err}");
 }
 
 #[test]

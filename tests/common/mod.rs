@@ -18,6 +18,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use topicgate::config::{Config, RawConfig};
 use topicgate::server::Gateway;
 
+pub mod cluster;
+
 /// How long any single expected event may take before the test fails.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The HS256 secret of every test config.
@@ -372,6 +374,22 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     http_request(
         addr,
         &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// `POST /publish` with `body` and, when given, the bearer `key`.
+pub async fn post_publish(addr: SocketAddr, key: Option<&str>, body: &str) -> (u16, String) {
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    http_request(
+        addr,
+        &format!(
+            "POST /publish HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{auth}\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
     )
     .await
 }

@@ -1,0 +1,228 @@
+//! A real Redis Cluster for the tests: `redis-server --cluster-enabled yes`
+//! per node on free ports, joined by `redis-cli --cluster create`.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use topicgate::broker::cluster::key_slot;
+use topicgate::config::{Config, RawConfig};
+
+use super::{RedisServer, compile, eventually};
+
+/// Under the default 15 s, so a node the tests kill and restart is not
+/// failed over, and a failover the tests ask for completes quickly.
+const NODE_TIMEOUT_MS: &str = "3000";
+
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    /// Holds each node's `nodes.conf`, so a restarted node rejoins as itself.
+    dir: PathBuf,
+}
+
+impl RedisCluster {
+    /// `masters` empty nodes, then `redis-cli --cluster create` over them
+    /// (slots split evenly, in node order); returns once every node says
+    /// `cluster_state:ok`.
+    pub async fn start(masters: usize) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "topicgate-cluster-{}-{}",
+            std::process::id(),
+            super::free_port()
+        ));
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            dir,
+        };
+        for _ in 0..masters {
+            cluster.add_node();
+        }
+        let mut args = vec!["--cluster".to_string(), "create".to_string()];
+        args.extend(
+            cluster
+                .nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.port)),
+        );
+        args.push("--cluster-yes".into());
+        redis_cli(&args);
+        cluster.wait_until_ok().await;
+        cluster
+    }
+
+    /// Starts one more empty cluster node (not yet part of the cluster);
+    /// returns its index.
+    pub fn add_node(&mut self) -> usize {
+        let index = self.nodes.len();
+        let dir = self.dir.join(index.to_string());
+        std::fs::create_dir_all(&dir).expect("cluster node dir");
+        let dir = dir.to_string_lossy().into_owned();
+        // The bus port defaults to port + 10000, which may be taken or past
+        // 65535: give it a free port of its own.
+        let bus_port = super::free_port().to_string();
+        self.nodes.push(RedisServer::start_with(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-port",
+            &bus_port,
+            "--cluster-node-timeout",
+            NODE_TIMEOUT_MS,
+            "--dir",
+            &dir,
+        ]));
+        index
+    }
+
+    pub fn seed_urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// `redis-cli -p <node> args…`, its output as text.
+    pub fn cli(&self, node: usize, args: &[&str]) -> String {
+        let mut all = vec!["-p".to_string(), self.nodes[node].port.to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        String::from_utf8_lossy(&redis_cli(&all).stdout).into_owned()
+    }
+
+    pub fn node_id(&self, node: usize) -> String {
+        self.cli(node, &["CLUSTER", "MYID"]).trim().to_string()
+    }
+
+    /// Each master's slot ranges, as each node sees its own slots.
+    pub fn slot_ranges(&self) -> Vec<(u16, u16, usize)> {
+        let mut ranges = Vec::new();
+        for node in 0..self.nodes.len() {
+            let nodes = self.cli(node, &["CLUSTER", "NODES"]);
+            let Some(myself) = nodes.lines().find(|l| l.contains("myself")) else {
+                continue;
+            };
+            if !myself.contains("master") {
+                continue;
+            }
+            for range in myself.split(' ').skip(8) {
+                let (first, last) = range.split_once('-').unwrap_or((range, range));
+                // "[slot->-id]" migration markers do not parse, and are skipped.
+                if let (Ok(first), Ok(last)) = (first.parse(), last.parse()) {
+                    ranges.push((first, last, node));
+                }
+            }
+        }
+        ranges
+    }
+
+    /// The node that serves `slot` now.
+    pub fn owner_of_slot(&self, slot: u16) -> Option<usize> {
+        owner_in(&self.slot_ranges(), slot)
+    }
+
+    /// A topic named `{stem}-N` whose channel (`prefix` + topic) hashes to a
+    /// slot for which `wanted` holds.
+    pub fn topic_where(stem: &str, prefix: &str, wanted: impl Fn(u16) -> bool) -> String {
+        (0..1_000_000)
+            .map(|n| format!("{stem}-{n}"))
+            .find(|topic| wanted(key_slot(format!("{prefix}{topic}").as_bytes())))
+            .expect("some name hashes there")
+    }
+
+    /// One topic per master (no channel prefix), in node order.
+    pub fn topic_per_shard(&self, stem: &str) -> Vec<String> {
+        let ranges = self.slot_ranges();
+        let masters: std::collections::BTreeSet<usize> = ranges.iter().map(|r| r.2).collect();
+        masters
+            .into_iter()
+            .map(|node| {
+                Self::topic_where(&format!("{stem}{node}"), "", |slot| {
+                    owner_in(&ranges, slot) == Some(node)
+                })
+            })
+            .collect()
+    }
+
+    /// `redis-cli -c -p <node> SPUBLISH channel payload` (follows MOVED);
+    /// returns the receiver count it printed.
+    pub fn spublish(&self, node: usize, channel: &str, payload: &str) -> i64 {
+        let port = self.nodes[node].port.to_string();
+        let out = redis_cli(&[
+            "-c".into(),
+            "-p".into(),
+            port,
+            "SPUBLISH".into(),
+            channel.into(),
+            payload.into(),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("SPUBLISH answered {text:?}"))
+    }
+
+    /// `PUBSUB SHARDNUMSUB channel` on `node`.
+    pub fn shard_numsub(&self, node: usize, channel: &str) -> i64 {
+        let text = self.cli(node, &["PUBSUB", "SHARDNUMSUB", channel]);
+        text.lines()
+            .nth(1)
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("PUBSUB SHARDNUMSUB answered {text:?}"))
+    }
+
+    /// Waits until every running node reports `cluster_state:ok`.
+    pub async fn wait_until_ok(&self) {
+        eventually("cluster_state:ok on every node", || async {
+            (0..self.nodes.len()).all(|node| {
+                self.cli(node, &["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
+            })
+        })
+        .await;
+    }
+
+    /// A gateway config on this cluster: topics starting with `t` or
+    /// `chat-` allowed, reconnect backoff capped at 1 s, plus `extra` TOML.
+    pub fn gateway_config(&self, extra: &str) -> Config {
+        let mut raw = RawConfig::from_toml(extra).expect("test config parses");
+        raw.broker.kind = "redis-cluster".into();
+        raw.redis.nodes = self.seed_urls();
+        raw.redis.reconnect_max_secs = 1;
+        if raw.acl.rules.is_empty() {
+            raw.acl = RawConfig::from_toml(
+                "[[acl.rules]]\ntopics = [\"t*\", \"chat-*\"]\neffect = \"allow\"\n",
+            )
+            .expect("test acl parses")
+            .acl;
+        }
+        compile(raw)
+    }
+}
+
+fn owner_in(ranges: &[(u16, u16, usize)], slot: u16) -> Option<usize> {
+    ranges
+        .iter()
+        .find(|(first, last, _)| (*first..=*last).contains(&slot))
+        .map(|range| range.2)
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `redis-cli args…`; panics with its output when it fails.
+pub fn redis_cli(args: &[String]) -> Output {
+    let out = Command::new("redis-cli")
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run redis-cli ({err}); install redis-tools"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !stdout.contains("[ERR]") && !stdout.starts_with("ERR"),
+        "redis-cli {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
