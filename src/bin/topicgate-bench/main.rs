@@ -68,6 +68,10 @@ pub struct Args {
     /// Where to PUBLISH (loopback only); the gateway must use the same Redis.
     #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
     pub redis: String,
+    /// `--redis` is a seed node of a Redis Cluster: publish with SPUBLISH,
+    /// routed to each channel's shard (for `broker.kind = "redis-cluster"`).
+    #[arg(long)]
+    pub redis_cluster: bool,
     /// WebSocket connections to open.
     #[arg(long, short = 'c', default_value_t = 100)]
     pub connections: usize,

@@ -42,10 +42,47 @@ pub struct Running {
     pub finished: oneshot::Receiver<()>,
 }
 
-/// Connects `schedule.publishers` Redis connections, then publishes on
-/// schedule from a dedicated thread.
+/// One publisher's connection: PUBLISH to a Redis, or SPUBLISH through a
+/// Redis Cluster connection (which routes each channel to its shard).
+enum Connection {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Connection {
+    async fn publish(&mut self, topic: &str, body: String) -> redis::RedisResult<i64> {
+        match self {
+            Self::Single(conn) => {
+                let mut command = redis::cmd("PUBLISH");
+                command.arg(topic).arg(body);
+                command.query_async(conn).await
+            }
+            Self::Cluster(conn) => {
+                let mut command = redis::cmd("SPUBLISH");
+                command.arg(topic).arg(body);
+                command.query_async(conn).await
+            }
+        }
+    }
+}
+
+async fn connect(redis_url: &str, cluster: bool) -> redis::RedisResult<Connection> {
+    if cluster {
+        let client = redis::cluster::ClusterClient::new(vec![redis_url])?;
+        Ok(Connection::Cluster(client.get_async_connection().await?))
+    } else {
+        let client = redis::Client::open(redis_url)?;
+        Ok(Connection::Single(
+            client.get_multiplexed_async_connection().await?,
+        ))
+    }
+}
+
+/// Connects `schedule.publishers` Redis connections (cluster connections
+/// when `cluster`), then publishes on schedule from a dedicated thread.
 pub fn spawn(
     redis_url: String,
+    cluster: bool,
     schedule: Arc<Schedule>,
     topics: Arc<Vec<String>>,
     stats: Arc<Stats>,
@@ -59,13 +96,9 @@ pub fn spawn(
         .map_err(|e| format!("publisher runtime: {e}"))?;
     let publishers = schedule.publishers;
     let work = async move {
-        let client = match redis::Client::open(redis_url.as_str()) {
-            Ok(client) => client,
-            Err(e) => return Err(format!("redis: {e}")),
-        };
         let mut conns = Vec::new();
         for _ in 0..publishers {
-            let conn = timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
+            let conn = timeout(CONNECT_TIMEOUT, connect(&redis_url, cluster))
                 .await
                 .map_err(|_| "redis: connect timed out".to_string())?
                 .map_err(|e| format!("redis: {e}"))?;
@@ -116,7 +149,7 @@ async fn run(
     index: u64,
     schedule: Arc<Schedule>,
     topics: Arc<Vec<String>>,
-    mut conn: redis::aio::MultiplexedConnection,
+    mut conn: Connection,
     stats: Arc<Stats>,
     epoch: Instant,
     start: Instant,
@@ -134,10 +167,7 @@ async fn run(
         let topic = &topics[(seq % topics.len() as u64) as usize];
         let sent = epoch.elapsed().as_nanos() as u64;
         let body = payload(seq, sent, &schedule.padding);
-        let mut command = redis::cmd("PUBLISH");
-        command.arg(topic).arg(body);
-        let publish = command.query_async::<i64>(&mut conn);
-        match timeout(PUBLISH_TIMEOUT, publish).await {
+        match timeout(PUBLISH_TIMEOUT, conn.publish(topic, body)).await {
             Ok(Ok(receivers)) => {
                 stats.published[seq as usize].store(true, Relaxed);
                 if receivers == 0 {

@@ -248,6 +248,7 @@ async fn publish(
     let cores_before = sys::cores();
     let running = publisher::spawn(
         args.redis.clone(),
+        args.redis_cluster,
         schedule,
         Arc::new(topics),
         stats.clone(),
