@@ -8,8 +8,8 @@
 //! [`auth`] (token -> identity with claims) and binds the [`acl`] rules to
 //! that identity once; each `subscribe` is then a lookup in that policy.
 //! Subscriptions go to the [`hub`], which keeps topic -> local subscribers
-//! and asks the [`broker`] (Redis, Redis Cluster or in-memory) for one subscription per
-//! topic per replica.
+//! and asks the [`broker`] (Redis, Redis Cluster or in-memory) for one
+//! subscription per topic per replica.
 //!
 //! Messages flow back the other way: Redis -> broker -> hub, which encodes
 //! each message once and queues the same bytes to every subscriber's
