@@ -249,3 +249,61 @@ async fn a_changed_channel_prefix_resubscribes_every_topic_live() {
     // The same session goes on.
     c.subscribed("t-another").await;
 }
+
+#[tokio::test]
+async fn a_cluster_behind_tls_and_a_password_round_trips() {
+    let dir = std::env::temp_dir().join(format!(
+        "topicgate-cluster-tls-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = make_tls_certs(&dir);
+    let password = "cluster-secret";
+    let secure = common::cluster::Secure {
+        ca: ca.clone(),
+        cert,
+        key,
+        password: password.into(),
+    };
+    let cluster = RedisCluster::start_with(3, Some(secure)).await;
+    let port = free_port();
+    let seeds: Vec<String> = cluster
+        .seed_urls()
+        .iter()
+        .map(|u| format!("{u:?}"))
+        .collect();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nbind = \"127.0.0.1:{port}\"\n[broker]\nkind = \"redis-cluster\"\n\
+             [redis]\nnodes = [{}]\npassword = \"{password}\"\n\
+             [auth]\nmode = \"bypass\"\n[api]\nkey = \"{KEY}\"\n[acl]\ndefault = \"allow\"\n",
+            seeds.join(", ")
+        ),
+    )
+    .unwrap();
+    // The test CA is trusted the way operators add a private CA.
+    let mut gateway = GatewayProcess::spawn(&config, &[("SSL_CERT_FILE", ca.as_os_str())]);
+    gateway.wait_for_line("redis cluster connected").await;
+    gateway.drain_log();
+
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(http_get(addr, "/readyz").await.0, 200);
+    let topics = cluster.topic_per_shard("t-tls");
+    let mut c = Client::connect(addr).await;
+    for topic in &topics {
+        c.subscribed(topic).await;
+    }
+    for (shard, topic) in topics.iter().enumerate() {
+        assert_eq!(cluster.shard_numsub(shard, topic), 1, "{topic}");
+        let body = json!({"topic": topic, "data": {"shard": shard}}).to_string();
+        let (status, text) = post_publish(addr, Some(KEY), &body).await;
+        assert_eq!(status, 204, "{text}");
+        assert_eq!(c.recv().await, message(topic, json!({"shard": shard})));
+        assert_eq!(cluster.spublish(0, topic, r#""cli""#), 1);
+        assert_eq!(c.recv().await, message(topic, json!("cli")));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -17,6 +17,16 @@ pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
     /// Holds each node's `nodes.conf`, so a restarted node rejoins as itself.
     dir: PathBuf,
+    secure: Option<Secure>,
+}
+
+/// A cluster that speaks only TLS and wants a password.
+pub struct Secure {
+    /// CA, certificate and key (`super::make_tls_certs`).
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub password: String,
 }
 
 impl RedisCluster {
@@ -24,6 +34,12 @@ impl RedisCluster {
     /// (slots split evenly, in node order); returns once every node says
     /// `cluster_state:ok`.
     pub async fn start(masters: usize) -> Self {
+        Self::start_with(masters, None).await
+    }
+
+    /// Like [`start`](Self::start); with `secure`, clients and the cluster
+    /// bus use TLS only, and every node wants the password.
+    pub async fn start_with(masters: usize, secure: Option<Secure>) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "topicgate-cluster-{}-{}",
             std::process::id(),
@@ -32,11 +48,13 @@ impl RedisCluster {
         let mut cluster = Self {
             nodes: Vec::new(),
             dir,
+            secure,
         };
         for _ in 0..masters {
             cluster.add_node();
         }
-        let mut args = vec!["--cluster".to_string(), "create".to_string()];
+        let mut args = cluster.cli_base();
+        args.extend(["--cluster".to_string(), "create".to_string()]);
         args.extend(
             cluster
                 .nodes
@@ -55,33 +73,87 @@ impl RedisCluster {
         let index = self.nodes.len();
         let dir = self.dir.join(index.to_string());
         std::fs::create_dir_all(&dir).expect("cluster node dir");
-        let dir = dir.to_string_lossy().into_owned();
-        // The bus port defaults to port + 10000, which may be taken or past
-        // 65535: give it a free port of its own.
-        let bus_port = super::free_port().to_string();
-        self.nodes.push(RedisServer::start_with(&[
+        let port = super::free_port();
+        let mut args: Vec<String> = [
             "--cluster-enabled",
             "yes",
+            // The bus port defaults to port + 10000, which may be taken or
+            // past 65535: give it a free port of its own.
             "--cluster-port",
-            &bus_port,
+            &super::free_port().to_string(),
             "--cluster-node-timeout",
             NODE_TIMEOUT_MS,
             "--dir",
-            &dir,
-        ]));
+            &dir.to_string_lossy(),
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(secure) = &self.secure {
+            let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+            args.extend([
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cluster".into(),
+                "yes".into(),
+                "--tls-replication".into(),
+                "yes".into(),
+                "--tls-cert-file".into(),
+                path(&secure.cert),
+                "--tls-key-file".into(),
+                path(&secure.key),
+                "--tls-ca-cert-file".into(),
+                path(&secure.ca),
+                "--tls-auth-clients".into(),
+                "no".into(),
+                "--requirepass".into(),
+                secure.password.clone(),
+                "--masterauth".into(),
+                secure.password.clone(),
+            ]);
+        }
+        let mut node = RedisServer {
+            port,
+            args,
+            child: None,
+        };
+        node.spawn();
+        self.nodes.push(node);
         index
     }
 
+    /// What every `redis-cli` call starts with: TLS and password, if any.
+    fn cli_base(&self) -> Vec<String> {
+        match &self.secure {
+            None => Vec::new(),
+            Some(secure) => vec![
+                "--tls".into(),
+                "--cacert".into(),
+                secure.ca.to_string_lossy().into_owned(),
+                "-a".into(),
+                secure.password.clone(),
+                "--no-auth-warning".into(),
+            ],
+        }
+    }
+
     pub fn seed_urls(&self) -> Vec<String> {
+        let scheme = if self.secure.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         self.nodes
             .iter()
-            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .map(|n| format!("{scheme}://127.0.0.1:{}", n.port))
             .collect()
     }
 
     /// `redis-cli -p <node> args…`, its output as text.
     pub fn cli(&self, node: usize, args: &[&str]) -> String {
-        let mut all = vec!["-p".to_string(), self.nodes[node].port.to_string()];
+        let mut all = self.cli_base();
+        all.extend(["-p".to_string(), self.nodes[node].port.to_string()]);
         all.extend(args.iter().map(|a| a.to_string()));
         String::from_utf8_lossy(&redis_cli(&all).stdout).into_owned()
     }
@@ -143,16 +215,7 @@ impl RedisCluster {
     /// `redis-cli -c -p <node> SPUBLISH channel payload` (follows MOVED);
     /// returns the receiver count it printed.
     pub fn spublish(&self, node: usize, channel: &str, payload: &str) -> i64 {
-        let port = self.nodes[node].port.to_string();
-        let out = redis_cli(&[
-            "-c".into(),
-            "-p".into(),
-            port,
-            "SPUBLISH".into(),
-            channel.into(),
-            payload.into(),
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = self.cli(node, &["-c", "SPUBLISH", channel, payload]);
         text.trim()
             .parse()
             .unwrap_or_else(|_| panic!("SPUBLISH answered {text:?}"))
