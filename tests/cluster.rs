@@ -307,3 +307,35 @@ async fn a_cluster_behind_tls_and_a_password_round_trips() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_subscribe_answered_moved_follows_the_slot_to_its_new_owner() {
+    let cluster = RedisCluster::start(3).await;
+    let gateway = start_gateway(cluster.gateway_config("")).await;
+    let topic = RedisCluster::topic_where("t-late", "", |slot| slot < 20);
+    // The slot moves while no topic of it is held: no SUNSUBSCRIBE tells
+    // the gateway, whose slot map still names node 0 (it re-reads the map
+    // every 5 s; the subscribe below comes well before that).
+    let (from, to) = (cluster.node_id(0), cluster.node_id(1));
+    common::cluster::redis_cli(
+        &[
+            "--cluster",
+            "reshard",
+            &format!("127.0.0.1:{}", cluster.nodes[0].port),
+            "--cluster-from",
+            &from,
+            "--cluster-to",
+            &to,
+            "--cluster-slots",
+            "20",
+            "--cluster-yes",
+        ]
+        .map(String::from),
+    );
+    let mut c = Client::connect(gateway.addr).await;
+    c.login("alice").await;
+    c.subscribed(&topic).await;
+    assert_eq!(cluster.shard_numsub(1, &topic), 1);
+    assert_eq!(cluster.spublish(0, &topic, r#""found""#), 1);
+    assert_eq!(c.recv().await, message(&topic, json!("found")));
+}
