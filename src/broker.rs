@@ -45,6 +45,12 @@ pub trait Broker: Send + Sync + 'static {
     fn reconfigure(&self, _config: &Config) {}
     /// `true` while the broker can subscribe and publish (`/readyz`).
     fn ready(&self) -> watch::Receiver<bool>;
+    /// Whether `topic`, which the hub holds, is subscribed right now, so
+    /// that a new local subscriber can be confirmed at once. By default the
+    /// broker's readiness: one connection carries every topic.
+    fn is_live(&self, _topic: &str) -> bool {
+        *self.ready().borrow()
+    }
     /// `broker.kind` as configured, for `/readyz` and logs.
     fn kind(&self) -> &'static str;
 }

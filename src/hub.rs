@@ -213,10 +213,11 @@ impl Hub {
                 done,
             };
             match topics.get_mut(topic) {
-                // While the broker is down the topic is held but not live
-                // at Redis: confirming now would promise deliveries that
-                // cannot arrive until the resubscription (SPEC §1).
-                Some(Entry::Active(_)) if !*self.broker.ready().borrow() => {
+                // While the broker (or this topic's shard) is down the topic
+                // is held but not live at Redis: confirming now would promise
+                // deliveries that cannot arrive until the resubscription
+                // (SPEC §1).
+                Some(Entry::Active(_)) if !self.broker.is_live(topic) => {
                     return Err(BrokerError::Unavailable("broker is not connected".into()));
                 }
                 Some(Entry::Active(subscribers)) => {

@@ -108,6 +108,12 @@ async fn a_killed_shard_node_resumes_its_topics_when_it_returns() {
     // The other shards keep delivering meanwhile, and the client stays.
     assert_eq!(cluster.spublish(0, &topics[0], r#""still here""#), 1);
     assert_eq!(c.recv().await, message(&topics[0], json!("still here")));
+    // Another client joins the live topics, not the one whose shard is away.
+    let mut late = Client::connect(gateway.addr).await;
+    late.login("bob").await;
+    late.subscribed(&topics[0]).await;
+    late.subscribed(&topics[1]).await;
+    assert_eq!(late.subscribe(&topics[2]).await["error"], "unavailable");
 
     cluster.nodes[2].restart();
     eventually("/readyz 200 once the shard is back", || async {

@@ -11,7 +11,7 @@
 //! straight to the hub, not through the actor. SPUBLISH goes through the
 //! redis crate's cluster connection, which follows MOVED on its own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,6 +57,8 @@ pub struct ClusterBroker {
     /// Where SPUBLISH goes; replaced whole when `[redis]` changes.
     publisher: Mutex<Arc<Publisher>>,
     settings: Mutex<Redis>,
+    /// Held topics not subscribed on their slot's owner right now.
+    waiting: Arc<Mutex<HashSet<String>>>,
 }
 
 /// The SPUBLISH path: a cluster connection, made on first use.
@@ -173,13 +175,17 @@ impl ClusterBroker {
     pub fn start(settings: Redis, deliver: Arc<dyn Deliver>, metrics: Arc<Metrics>) -> Self {
         let (commands, inbox) = mpsc::unbounded_channel();
         let (ready_tx, ready) = watch::channel(false);
+        let waiting = Arc::new(Mutex::new(HashSet::new()));
         match Target::new(&settings) {
             Ok(target) => {
                 let (events_tx, events) = mpsc::unbounded_channel();
                 let actor = Actor {
                     target,
                     deliver,
-                    topics: HashMap::new(),
+                    topics: Topics {
+                        placed: HashMap::new(),
+                        waiting: waiting.clone(),
+                    },
                     slots: None,
                     links: HashMap::new(),
                     leaving: HashMap::new(),
@@ -200,6 +206,7 @@ impl ClusterBroker {
             ready,
             publisher: Mutex::new(Arc::new(Publisher::new(&settings))),
             settings: Mutex::new(settings),
+            waiting,
         }
     }
 }
@@ -250,6 +257,11 @@ impl Broker for ClusterBroker {
 
     fn ready(&self) -> watch::Receiver<bool> {
         self.ready.clone()
+    }
+
+    /// Per topic: while one shard is away, topics on the others stay live.
+    fn is_live(&self, topic: &str) -> bool {
+        *self.ready.borrow() || !lock(&self.waiting).contains(topic)
     }
 
     fn kind(&self) -> &'static str {
@@ -364,9 +376,7 @@ enum Event {
 struct Actor {
     target: Target,
     deliver: Arc<dyn Deliver>,
-    /// Every topic this replica holds, and the node it is subscribed on
-    /// (`None` until it is subscribed on its slot's owner again).
-    topics: HashMap<String, Option<Node>>,
+    topics: Topics,
     slots: Option<SlotMap>,
     links: HashMap<Node, Link>,
     /// SUNSUBSCRIBE confirmations still to come, by node and topic: those
@@ -454,7 +464,7 @@ impl Actor {
                 self.links.clear();
                 self.leaving.clear();
                 self.slots = None;
-                self.topics.values_mut().for_each(|placed| *placed = None);
+                self.topics.unplace_all();
                 true
             }
             Err(err) => {
@@ -488,13 +498,12 @@ impl Actor {
                     return false;
                 }
                 let (node, topic) = key;
-                match self.topics.get_mut(&topic) {
-                    Some(placed) if placed.as_ref() == Some(&node) => {
-                        tracing::info!(node = %node, topic, "redis cluster moved a topic's slot; resubscribing");
-                        *placed = None;
-                        true
-                    }
-                    _ => false,
+                if self.topics.get(&topic) == Some(&Some(node.clone())) {
+                    tracing::info!(node = %node, topic, "redis cluster moved a topic's slot; resubscribing");
+                    self.topics.unplace(&topic);
+                    true
+                } else {
+                    false
                 }
             }
         }
@@ -510,11 +519,7 @@ impl Actor {
     fn drop_link(&mut self, node: &Node) {
         self.links.remove(node);
         self.leaving.retain(|(on, _), _| on != node);
-        for placed in self.topics.values_mut() {
-            if placed.as_ref() == Some(node) {
-                *placed = None;
-            }
-        }
+        self.topics.unplace_on(node);
     }
 
     /// `true` when the topology must be reconciled.
@@ -553,7 +558,7 @@ impl Actor {
         }
         match result {
             Ok(node) => {
-                self.topics.insert(topic.to_string(), Some(node));
+                self.topics.place(topic, node);
                 (Ok(()), false)
             }
             Err(SubscribeError::Moved) => (
@@ -669,7 +674,7 @@ impl Actor {
             return;
         };
         let mut moves = Vec::new();
-        for (topic, placed) in &self.topics {
+        for (topic, placed) in &self.topics.placed {
             let channel = self.target.channel(topic);
             let Some(owner) = slots.owner(key_slot(channel.as_bytes())) else {
                 problems.push(format!("no master serves the slot of {topic:?}"));
@@ -701,8 +706,8 @@ impl Actor {
         for (topic, from, to, result) in results {
             match result {
                 Ok(()) => {
-                    if let Some(placed) = self.topics.get_mut(&topic) {
-                        *placed = Some(to);
+                    if self.topics.get(&topic).is_some() {
+                        self.topics.place(&topic, to);
                     }
                     if let Some(from) = from {
                         self.leave(&from, &topic).await;
@@ -818,6 +823,64 @@ impl Actor {
             connection,
             generation,
         })
+    }
+}
+
+/// Every topic this replica holds and the node it is subscribed on
+/// (`None` until it is subscribed on its slot's owner again). The `None`
+/// ones are mirrored in `waiting`, shared with the broker handle, so the hub
+/// can tell a held topic that is live from one that waits for its shard.
+struct Topics {
+    placed: HashMap<String, Option<Node>>,
+    waiting: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Topics {
+    fn get(&self, topic: &str) -> Option<&Option<Node>> {
+        self.placed.get(topic)
+    }
+
+    fn len(&self) -> usize {
+        self.placed.len()
+    }
+
+    /// Holds `topic`, subscribed on `node`.
+    fn place(&mut self, topic: &str, node: Node) {
+        self.placed.insert(topic.to_string(), Some(node));
+        lock(&self.waiting).remove(topic);
+    }
+
+    /// `topic`, if held, waits to be subscribed again.
+    fn unplace(&mut self, topic: &str) {
+        if let Some(placed) = self.placed.get_mut(topic) {
+            *placed = None;
+            lock(&self.waiting).insert(topic.to_string());
+        }
+    }
+
+    /// Every topic subscribed on `node` waits to be subscribed again.
+    fn unplace_on(&mut self, node: &Node) {
+        let mut waiting = lock(&self.waiting);
+        for (topic, placed) in &mut self.placed {
+            if placed.as_ref() == Some(node) {
+                *placed = None;
+                waiting.insert(topic.clone());
+            }
+        }
+    }
+
+    fn unplace_all(&mut self) {
+        let mut waiting = lock(&self.waiting);
+        for (topic, placed) in &mut self.placed {
+            *placed = None;
+            waiting.insert(topic.clone());
+        }
+    }
+
+    /// Lets go of `topic`; where it was subscribed, if anywhere.
+    fn remove(&mut self, topic: &str) -> Option<Option<Node>> {
+        lock(&self.waiting).remove(topic);
+        self.placed.remove(topic)
     }
 }
 
