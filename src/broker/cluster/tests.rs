@@ -1,3 +1,7 @@
+use redis::Value;
+
+use super::actor::topic_of;
+use super::slots::SlotMap;
 use super::*;
 
 fn bulk(text: &str) -> Value {
