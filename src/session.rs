@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -23,7 +22,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityE
 use crate::acl::{Decision, Policy};
 use crate::auth::{self, Identity, Mode};
 use crate::config::Config;
-use crate::hub::{ClientHandle, Outbound};
+use crate::hub::{ClientHandle, SendQueue};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Action, Disconnect, ErrorCode, Request};
 use crate::server::Shared;
@@ -124,15 +123,12 @@ where
         + 'static,
 {
     let config = shared.config.borrow().clone();
-    let (queue_tx, queue_rx) = mpsc::channel(config.limits.send_queue);
-    let (close_tx, close_rx) = watch::channel(None);
-    let client = ClientHandle::new(shared.next_client_id(), queue_tx, Arc::new(close_tx));
+    let client = ClientHandle::new(shared.next_client_id(), config.limits.send_queue);
     let (sink, mut stream) = socket.split();
     let heartbeat = config.server.idle_timeout / 3;
     let writer = tokio::spawn(write_loop(
         sink,
-        queue_rx,
-        close_rx.clone(),
+        client.queue().clone(),
         heartbeat,
         shared.metrics.clone(),
     ));
@@ -156,7 +152,7 @@ where
         auth_deadline,
     };
     async move {
-        let reason = session.read_loop(&mut stream, close_rx).await;
+        let reason = session.read_loop(&mut stream).await;
         session.client.close(reason);
         session.release_all();
         tracing::info!(session = %session.id, peer = ?peer, reason = reason.code().unwrap_or("peer_closed"), "connection closed");
@@ -167,15 +163,12 @@ where
 }
 
 impl Session {
-    async fn read_loop<R>(
-        &mut self,
-        stream: &mut R,
-        mut close_rx: watch::Receiver<Option<Disconnect>>,
-    ) -> Disconnect
+    async fn read_loop<R>(&mut self, stream: &mut R) -> Disconnect
     where
         R: Stream<Item = Result<Message, WsError>> + Unpin,
     {
         let mut config_rx = self.shared.config.clone();
+        let queue = self.client.queue().clone();
         let idle_timeout = self.config.server.idle_timeout;
         let mut last_seen = Instant::now();
         let mut shutdown = self.shared.shutdown.clone();
@@ -232,12 +225,7 @@ impl Session {
                         return Disconnect::Idle;
                     }
                 }
-                changed = close_rx.changed() => {
-                    return match changed {
-                        Ok(()) => close_rx.borrow().unwrap_or(Disconnect::Gone),
-                        Err(_) => Disconnect::Gone,
-                    };
-                }
+                reason = queue.closed() => return reason,
                 _ = shutdown.changed() => return Disconnect::Shutdown,
                 changed = config_rx.changed() => {
                     if changed.is_ok() {
@@ -488,14 +476,13 @@ impl Session {
 /// Drains the queue into the socket until the session closes, then sends the
 /// final frame and close frame when the reason calls for them.
 ///
-/// Holds no buffer of its own while idle: each wake takes the first frame
-/// with `recv` and then up to [`WRITE_BATCH`] more with `try_recv`, feeding
-/// each straight into the sink, so an idle connection pays only for this
-/// future. `arrivals` grows on the first delivery, never before.
+/// Holds no buffer of its own while idle: each wake takes up to
+/// [`WRITE_BATCH`] frames from the queue, feeding each straight into the
+/// sink, so an idle connection pays only for this future. `arrivals` grows
+/// on the first delivery, never before.
 async fn write_loop<W>(
     mut sink: W,
-    mut queue: mpsc::Receiver<Outbound>,
-    mut close_rx: watch::Receiver<Option<Disconnect>>,
+    queue: Arc<SendQueue>,
     heartbeat: Duration,
     metrics: Arc<Metrics>,
 ) -> W
@@ -507,40 +494,34 @@ where
     let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // `None` when the heartbeat woke us rather than a frame.
-        let first = tokio::select! {
+        // `false` when the heartbeat woke us rather than a frame.
+        let frames = tokio::select! {
             biased;
-            _ = close_rx.changed() => break,
-            outbound = queue.recv() => match outbound {
-                Some(outbound) => Some(outbound),
-                None => break,
-            },
-            _ = ping.tick() => None,
+            ready = queue.ready() => if ready { true } else { break },
+            _ = ping.tick() => false,
         };
         let write = async {
-            let Some(first) = first else {
+            if !frames {
                 sink.feed(Message::Ping(Default::default())).await?;
                 return sink.flush().await;
-            };
-            let mut next = Some(first);
+            }
             let mut fed = 0;
-            while let Some(outbound) = next {
+            while fed < WRITE_BATCH {
+                let Some(outbound) = queue.pop() else { break };
                 arrivals.extend(outbound.arrived());
                 sink.feed(Message::Text(outbound.frame)).await?;
                 fed += 1;
-                next = if fed < WRITE_BATCH {
-                    queue.try_recv().ok()
-                } else {
-                    None
-                };
             }
             sink.flush().await
         };
         let written = tokio::select! {
-            _ = close_rx.changed() => break,
+            _ = queue.closing_requested() => break,
             written = write => written,
         };
         if written.is_err() {
+            // The socket is gone: refuse further frames rather than hold
+            // them until the session notices.
+            queue.shut();
             return sink;
         }
         let now = Instant::now();
@@ -550,13 +531,8 @@ where
             metrics.delivery_latency.observe(latency.as_secs_f64());
         }
     }
-    let reason = *close_rx.borrow();
     // A slow consumer's queue is discarded unsent, as is anything left.
-    queue.close();
-    let mut left = 0u64;
-    while let Ok(outbound) = queue.try_recv() {
-        left += u64::from(outbound.arrived().is_some());
-    }
+    let (reason, left) = queue.shut();
     if left > 0 {
         let why = match reason {
             Some(Disconnect::SlowConsumer) => "slow_consumer",
