@@ -39,7 +39,11 @@ enum Auth {
     None,
     /// A verified identity with its ACL bound once.
     Authenticated {
-        identity: Identity,
+        /// The token's claims as compact JSON, to rebind the ACL when the
+        /// config changes. Text rather than the parsed map: a `BTreeMap`
+        /// keeps a 632-byte node even for three claims, on every
+        /// connection, and rebinding is rare.
+        claims: Box<str>,
         policy: Policy,
         /// When the token stops being valid (includes leeway).
         expires: Option<Instant>,
@@ -309,7 +313,9 @@ impl Session {
             self.shared.metrics.sessions_authenticated.inc();
         }
         self.auth = Auth::Authenticated {
-            identity,
+            claims: serde_json::to_string(&identity.claims)
+                .unwrap_or_default()
+                .into(),
             policy,
             expires,
         };
@@ -427,11 +433,14 @@ impl Session {
         self.config = config;
         self.anonymous = None;
         self.requests.reconfigure(&self.config.limits);
-        if let Auth::Authenticated {
-            identity, policy, ..
-        } = &mut self.auth
-        {
-            *policy = self.config.acl.bind(identity);
+        if let Auth::Authenticated { claims, policy, .. } = &mut self.auth {
+            // The text was written by `serde_json` from a map; should it not
+            // read back, no claim is left to allow anything by.
+            let identity = Identity {
+                claims: serde_json::from_str(claims).unwrap_or_default(),
+                expires_at: None,
+            };
+            *policy = self.config.acl.bind(&identity);
         }
         self.revoke_disallowed("no longer allowed by the acl");
     }
