@@ -18,6 +18,7 @@ use tokio::time::{Instant, Interval, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
+use uuid::Uuid;
 
 use crate::acl::{Decision, Policy};
 use crate::auth::{self, Identity, Mode};
@@ -51,8 +52,10 @@ enum Auth {
 }
 
 struct Session {
-    /// The uuid clients must echo in every request.
-    id: String,
+    /// The uuid clients must echo in every request, in its hyphenated
+    /// lowercase form. Kept as a `Uuid` (16 bytes inline) rather than its
+    /// 36-character text on the heap.
+    id: Uuid,
     client: ClientHandle,
     shared: Arc<Shared>,
     /// The config this session's policy was bound against.
@@ -139,9 +142,9 @@ where
         shared.metrics.clone(),
     ));
 
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = Uuid::new_v4();
     tracing::info!(session = %id, peer = ?peer, "connection opened");
-    for frame in protocol::greeting(&id) {
+    for frame in protocol::greeting(id.hyphenated().encode_lower(&mut Uuid::encode_buffer())) {
         client.push(frame);
     }
     let auth_deadline =
@@ -243,6 +246,15 @@ impl Session {
         }
     }
 
+    /// Whether `session` is this connection's id as the greeting sent it.
+    fn is_own(&self, session: &str) -> bool {
+        session
+            == self
+                .id
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer())
+    }
+
     async fn handle_text(&mut self, text: &str) {
         let decoded = protocol::decode(text);
         let allowed = self.requests.take(Instant::now());
@@ -262,7 +274,7 @@ impl Session {
             self.fail(&request, ErrorCode::LimitExceeded, &detail);
             return;
         }
-        if request.session != self.id {
+        if !self.is_own(&request.session) {
             self.fail(
                 &request,
                 ErrorCode::InvalidSession,
