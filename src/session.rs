@@ -2,10 +2,11 @@
 //!
 //! Two tasks per connection. The reader (this module's `run`) owns the
 //! session state and handles requests one at a time, in order; it also
-//! watches token expiry, the auth deadline, config changes, shutdown and
-//! close requests from the hub. The writer drains the bounded send queue
-//! into the socket, several frames per flush. Both are generic over the
-//! socket's `Stream`/`Sink`, so the logic runs over any transport.
+//! watches token expiry, the auth deadline, the heartbeat, config changes,
+//! shutdown and close requests from the hub. The writer drains the bounded
+//! send queue into the socket, several frames per flush, and sends the
+//! pings the reader asks for. Both are generic over the socket's
+//! `Stream`/`Sink`, so the logic runs over any transport.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::time::{Instant, Interval, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
@@ -132,13 +133,9 @@ where
     let config = shared.config.borrow().clone();
     let client = ClientHandle::new(shared.next_client_id(), config.limits.send_queue);
     let (sink, mut stream) = socket.split();
-    let heartbeat = config.server.idle_timeout / 3;
-    let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let writer = tokio::spawn(write_loop(
         sink,
         client.queue().clone(),
-        ping,
         shared.metrics.clone(),
     ));
 
@@ -177,27 +174,26 @@ impl Session {
         R: Stream<Item = Result<Message, WsError>> + Unpin,
     {
         let mut config_rx = self.shared.config.clone();
-        let queue = self.client.queue().clone();
         let idle_timeout = self.config.server.idle_timeout;
         let mut last_seen = Instant::now();
+        // SPEC §1 heartbeat: a ping every third of the idle timeout, queued
+        // for the writer; any frame, pongs included, proves the peer alive.
+        let mut ping_at = last_seen + idle_timeout / 3;
         let mut shutdown = self.shared.shutdown.clone();
         if *shutdown.borrow_and_update() {
             return Disconnect::Shutdown;
         }
         loop {
-            let expires = match &self.auth {
-                Auth::Authenticated { expires, .. } => *expires,
-                Auth::None => None,
-            };
-            // One timer for all three deadlines keeps a single `Sleep` in
-            // this future. The auth deadline is set only before
-            // authorization and the token's expiry only after, so at most
-            // one of them is pending.
+            // One timer for the heartbeat and all three deadlines keeps a
+            // single `Sleep` per connection. The auth deadline is set only
+            // before authorization and the token's expiry only after, so at
+            // most one of them is pending.
             let idle_at = last_seen + idle_timeout;
             let timer = self
                 .auth_deadline
-                .or(expires)
-                .map_or(idle_at, |at| at.min(idle_at));
+                .or(self.expires())
+                .map_or(idle_at, |at| at.min(idle_at))
+                .min(ping_at);
             tokio::select! {
                 message = stream.next() => {
                     last_seen = Instant::now();
@@ -221,20 +217,22 @@ impl Session {
                     }
                 }
                 _ = sleep_until(timer) => {
-                    // The writer pings every third of the idle timeout; any
-                    // frame, pongs included, proves the peer alive.
                     let now = Instant::now();
+                    if now >= ping_at {
+                        self.client.queue().ping();
+                        ping_at = now + idle_timeout / 3;
+                    }
                     if self.auth_deadline.is_some_and(|at| now >= at) {
                         self.shared.metrics.auth_failure("auth_timeout");
                         return Disconnect::AuthTimeout;
                     }
-                    if expires.is_some_and(|at| now >= at) {
+                    if self.expires().is_some_and(|at| now >= at) {
                         self.expire();
-                    } else if now >= idle_at {
+                    } else if now >= last_seen + idle_timeout {
                         return Disconnect::Idle;
                     }
                 }
-                reason = queue.closed() => return reason,
+                reason = self.client.queue().closed() => return reason,
                 _ = shutdown.changed() => return Disconnect::Shutdown,
                 changed = config_rx.changed() => {
                     if changed.is_ok() {
@@ -243,6 +241,14 @@ impl Session {
                     }
                 }
             }
+        }
+    }
+
+    /// When the token stops being valid, once authorized.
+    fn expires(&self) -> Option<Instant> {
+        match &self.auth {
+            Auth::Authenticated { expires, .. } => *expires,
+            Auth::None => None,
         }
     }
 
@@ -497,17 +503,17 @@ impl Session {
 }
 
 /// Drains the queue into the socket until the session closes, then sends the
-/// final frame and close frame when the reason calls for them.
+/// final frame and close frame when the reason calls for them. Heartbeat
+/// pings come through the queue too: the reader owns the timers.
 ///
-/// Holds no buffer of its own while idle: each wake takes up to
+/// Holds no buffer or timer of its own while idle: each wake takes up to
 /// [`WRITE_BATCH`] frames from the queue, feeding each straight into the
 /// sink, so an idle connection pays only for this future. `arrivals` grows
 /// on the first delivery, never before.
 ///
 /// Not an `async fn`, which keeps its arguments twice in the future (80
 /// bytes more here, measured); tokio rounds each task up to a multiple of
-/// 128 bytes, and this one is spawned per connection. The heartbeat
-/// `Interval` comes from the caller for the same reason.
+/// 128 bytes, and this one is spawned per connection.
 #[expect(
     clippy::manual_async_fn,
     reason = "the async block holds the arguments once"
@@ -515,7 +521,6 @@ impl Session {
 fn write_loop<W>(
     mut sink: W,
     queue: Arc<SendQueue>,
-    mut ping: Interval,
     metrics: Arc<Metrics>,
 ) -> impl Future<Output = W> + Send
 where
@@ -525,16 +530,12 @@ where
         // Broker arrival times of the deliveries written since the last flush.
         let mut arrivals: Vec<Instant> = Vec::new();
         loop {
-            // `false` when the heartbeat woke us rather than a frame.
-            let frames = tokio::select! {
-                biased;
-                ready = queue.ready() => if ready { true } else { break },
-                _ = ping.tick() => false,
-            };
+            if !queue.ready().await {
+                break;
+            }
             let write = async {
-                if !frames {
+                if queue.take_ping() {
                     sink.feed(Message::Ping(Default::default())).await?;
-                    return sink.flush().await;
                 }
                 let mut fed = 0;
                 while fed < WRITE_BATCH {

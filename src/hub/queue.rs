@@ -33,16 +33,20 @@ pub struct SendQueue {
     state: Mutex<State>,
     /// Most frames waiting at once (`limits.send_queue`).
     capacity: usize,
-    /// Wakes the writer when a frame arrives in an empty queue or the close
-    /// is requested. `notify_one` keeps a permit when the writer is busy
-    /// writing, so no wake-up is lost between its check and its wait.
+    /// Wakes the writer when a frame arrives in an empty queue, or a ping
+    /// or the close is requested. `notify_one` keeps a permit when the
+    /// writer is busy writing, so no wake-up is lost between its check and
+    /// its wait.
     writer: Notify,
     /// Wakes the session's reader when the close is requested.
     reader: Notify,
 }
 
 struct State {
+    /// Waiting frames, oldest first; no allocation until the first one.
     frames: VecDeque<Outbound>,
+    /// A heartbeat ping is due; sent ahead of the waiting frames.
+    ping: bool,
     /// The first close reason asked for; later ones are ignored.
     closing: Option<Disconnect>,
     /// The writer has stopped taking frames: pushes are refused.
@@ -54,6 +58,7 @@ impl SendQueue {
         Self {
             state: Mutex::new(State {
                 frames: VecDeque::new(),
+                ping: false,
                 closing: None,
                 shut: false,
             }),
@@ -88,6 +93,16 @@ impl SendQueue {
         Ok(())
     }
 
+    /// Asks the writer to send a ping. It takes no room in the queue: a
+    /// client that falls behind is cut by the queue bound, not the heartbeat.
+    pub fn ping(&self) {
+        let mut state = self.lock();
+        if !state.ping {
+            state.ping = true;
+            self.writer.notify_one();
+        }
+    }
+
     /// Asks the writer and the reader to stop for `reason`, unless a reason
     /// was already given.
     pub fn close(&self, reason: Disconnect) {
@@ -114,8 +129,8 @@ impl SendQueue {
         }
     }
 
-    /// For the writer: resolves with `true` once a frame is waiting, or
-    /// `false` once the close is asked for (which wins over frames).
+    /// For the writer: resolves with `true` once a frame or a ping is
+    /// waiting, or `false` once the close is asked for (which wins over both).
     pub async fn ready(&self) -> bool {
         loop {
             {
@@ -123,7 +138,7 @@ impl SendQueue {
                 if state.closing.is_some() {
                     return false;
                 }
-                if !state.frames.is_empty() {
+                if state.ping || !state.frames.is_empty() {
                     return true;
                 }
             }
@@ -136,6 +151,11 @@ impl SendQueue {
         while self.closing().is_none() {
             self.writer.notified().await;
         }
+    }
+
+    /// Whether a ping is due; clears the request.
+    pub fn take_ping(&self) -> bool {
+        std::mem::take(&mut self.lock().ping)
     }
 
     /// The oldest waiting frame.
@@ -243,6 +263,25 @@ mod tests {
             closed.as_mut().poll(&mut cx),
             Poll::Ready(Disconnect::Shutdown)
         );
+    }
+
+    #[test]
+    fn a_ping_wakes_the_writer_once_and_takes_no_room() {
+        let queue = SendQueue::new(1);
+        let flag = Arc::new(Flag::default());
+        let waker = std::task::Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        queue.push(reply()).expect("room");
+        assert!(queue.pop().is_some());
+        let mut ready = std::pin::pin!(queue.ready());
+        assert!(ready.as_mut().poll(&mut cx).is_pending());
+        queue.ping();
+        queue.ping();
+        assert!(flag.woken());
+        assert_eq!(ready.as_mut().poll(&mut cx), Poll::Ready(true));
+        assert_eq!(queue.push(reply()), Ok(()));
+        assert!(queue.take_ping());
+        assert!(!queue.take_ping());
     }
 
     #[test]
