@@ -12,12 +12,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Map, Value, json};
-use tokio::sync::{mpsc, watch};
 use topicgate::acl::{Acl, RawAcl, RawRule};
 use topicgate::auth::Identity;
 use topicgate::broker::Deliver;
 use topicgate::broker::memory::MemoryBroker;
-use topicgate::hub::{ClientHandle, Hub, Outbound, Registry};
+use topicgate::hub::{ClientHandle, Hub, Registry, SendQueue};
 use topicgate::metrics::Metrics;
 use topicgate::protocol::{self, Frame};
 
@@ -133,7 +132,7 @@ fn encode(c: &mut Criterion) {
 
 /// A registry with `n` in-process subscribers of `topic`, subscribed
 /// through the hub and the memory broker as sessions would be.
-fn subscribed(n: usize, topic: &str) -> (Arc<Registry>, Vec<mpsc::Receiver<Outbound>>) {
+fn subscribed(n: usize, topic: &str) -> (Arc<Registry>, Vec<Arc<SendQueue>>) {
     let registry = Arc::new(Registry::new(Arc::new(Metrics::new())));
     let broker = Arc::new(MemoryBroker::new(registry.clone()));
     let hub = Hub::new(registry.clone(), broker);
@@ -143,13 +142,11 @@ fn subscribed(n: usize, topic: &str) -> (Arc<Registry>, Vec<mpsc::Receiver<Outbo
     let mut receivers = Vec::with_capacity(n);
     runtime.block_on(async {
         for id in 0..n as u64 {
-            let (queue, receiver) = mpsc::channel(8);
-            let (close, _) = watch::channel(None);
-            let client = ClientHandle::new(id, queue, Arc::new(close));
+            let client = ClientHandle::new(id, 8);
             hub.subscribe(topic, &client, Frame::from_static("{}"))
                 .await
                 .expect("memory broker subscribes");
-            receivers.push(receiver);
+            receivers.push(client.queue().clone());
         }
     });
     // Drop the subscribe acks so every queue starts empty.
@@ -157,10 +154,10 @@ fn subscribed(n: usize, topic: &str) -> (Arc<Registry>, Vec<mpsc::Receiver<Outbo
     (registry, receivers)
 }
 
-fn drain(receivers: &mut [mpsc::Receiver<Outbound>]) -> usize {
+fn drain(receivers: &mut [Arc<SendQueue>]) -> usize {
     let mut frames = 0;
     for receiver in receivers.iter_mut() {
-        while receiver.try_recv().is_ok() {
+        while receiver.pop().is_some() {
             frames += 1;
         }
     }

@@ -303,10 +303,11 @@ fn accept(
         return plain(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
     };
     let accept_key = derive_accept_key(key.as_bytes());
-    let limit = config.limits.max_message_bytes;
     // This task lives as long as the connection, so its future's size is
-    // paid per connection: values it moves on are scoped to end before the
-    // next await, and the config is built inside rather than captured.
+    // paid per connection (tokio rounds a task up to a multiple of 128
+    // bytes): values it moves on are scoped to end before the next await,
+    // and the WebSocket config, message limit included, is built inside
+    // rather than captured, since captured values stay for the task's life.
     let task = async move {
         let _slot = slot;
         let upgraded = match on_upgrade.await {
@@ -317,6 +318,7 @@ fn accept(
             }
         };
         let session = {
+            let limit = shared.config.borrow().limits.max_message_bytes;
             let ws_config = WebSocketConfig::default()
                 .read_buffer_size(READ_BUFFER)
                 .write_buffer_size(WRITE_BUFFER)

@@ -7,11 +7,15 @@
 //! `try_send`: the hub never waits for a socket, and a full queue closes that
 //! client as a slow consumer (SPEC §1) without delaying anyone else.
 
+mod queue;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
+
+pub use queue::{PushError, SendQueue};
 
 use crate::broker::{Broker, BrokerError, Deliver};
 use crate::metrics::Metrics;
@@ -23,8 +27,7 @@ pub struct Outbound {
     pub frame: Frame,
     /// For deliveries, nanoseconds from [`clock_origin`] to the broker
     /// arrival, plus one; 0 for replies. Eight bytes rather than an
-    /// `Option<Instant>`'s sixteen: every connection's send queue allocates
-    /// its first block of 32 slots up front, so each byte here costs 32.
+    /// `Option<Instant>`'s sixteen, for every frame waiting in a queue.
     arrived: u64,
 }
 
@@ -62,19 +65,22 @@ fn clock_origin() -> Instant {
 pub struct ClientHandle {
     /// Unique per process; identifies the client inside topic lists.
     pub id: u64,
-    /// The connection's bounded send queue (`limits.send_queue`).
-    queue: mpsc::Sender<Outbound>,
-    /// First reason wins; the session's reader and writer both watch it.
-    close: Arc<watch::Sender<Option<Disconnect>>>,
+    /// The connection's bounded send queue (`limits.send_queue`) and close
+    /// signal; the session's writer drains it, its reader watches the close.
+    queue: Arc<SendQueue>,
 }
 
 impl ClientHandle {
-    pub fn new(
-        id: u64,
-        queue: mpsc::Sender<Outbound>,
-        close: Arc<watch::Sender<Option<Disconnect>>>,
-    ) -> Self {
-        Self { id, queue, close }
+    /// A client with an empty queue of at most `capacity` frames.
+    pub fn new(id: u64, capacity: usize) -> Self {
+        Self {
+            id,
+            queue: Arc::new(SendQueue::new(capacity)),
+        }
+    }
+
+    pub fn queue(&self) -> &Arc<SendQueue> {
+        &self.queue
     }
 
     /// Queues a reply without waiting; a full queue closes the client as a
@@ -84,26 +90,19 @@ impl ClientHandle {
     }
 
     fn enqueue(&self, outbound: Outbound) -> bool {
-        match self.queue.try_send(outbound) {
+        match self.queue.push(outbound) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(PushError::Full) => {
                 self.close(Disconnect::SlowConsumer);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(PushError::Shut) => false,
         }
     }
 
     /// Asks the session to close for `reason`, unless it is already closing.
     pub fn close(&self, reason: Disconnect) {
-        self.close.send_if_modified(|current| {
-            if current.is_none() {
-                *current = Some(reason);
-                true
-            } else {
-                false
-            }
-        });
+        self.queue.close(reason);
     }
 }
 

@@ -2,10 +2,11 @@
 //!
 //! Two tasks per connection. The reader (this module's `run`) owns the
 //! session state and handles requests one at a time, in order; it also
-//! watches token expiry, the auth deadline, config changes, shutdown and
-//! close requests from the hub. The writer drains the bounded send queue
-//! into the socket, several frames per flush. Both are generic over the
-//! socket's `Stream`/`Sink`, so the logic runs over any transport.
+//! watches token expiry, the auth deadline, the heartbeat, config changes,
+//! shutdown and close requests from the hub. The writer drains the bounded
+//! send queue into the socket, several frames per flush, and sends the
+//! pings the reader asks for. Both are generic over the socket's
+//! `Stream`/`Sink`, so the logic runs over any transport.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -14,16 +15,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
+use uuid::Uuid;
 
 use crate::acl::{Decision, Policy};
 use crate::auth::{self, Identity, Mode};
 use crate::config::Config;
-use crate::hub::{ClientHandle, Outbound};
+use crate::hub::{ClientHandle, SendQueue};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Action, Disconnect, ErrorCode, Request};
 use crate::server::Shared;
@@ -40,7 +41,11 @@ enum Auth {
     None,
     /// A verified identity with its ACL bound once.
     Authenticated {
-        identity: Identity,
+        /// The token's claims as compact JSON, to rebind the ACL when the
+        /// config changes. Text rather than the parsed map: a `BTreeMap`
+        /// keeps a 632-byte node even for three claims, on every
+        /// connection, and rebinding is rare.
+        claims: Box<str>,
         policy: Policy,
         /// When the token stops being valid (includes leeway).
         expires: Option<Instant>,
@@ -48,8 +53,10 @@ enum Auth {
 }
 
 struct Session {
-    /// The uuid clients must echo in every request.
-    id: String,
+    /// The uuid clients must echo in every request, in its hyphenated
+    /// lowercase form. Kept as a `Uuid` (16 bytes inline) rather than its
+    /// 36-character text on the heap.
+    id: Uuid,
     client: ClientHandle,
     shared: Arc<Shared>,
     /// The config this session's policy was bound against.
@@ -124,22 +131,17 @@ where
         + 'static,
 {
     let config = shared.config.borrow().clone();
-    let (queue_tx, queue_rx) = mpsc::channel(config.limits.send_queue);
-    let (close_tx, close_rx) = watch::channel(None);
-    let client = ClientHandle::new(shared.next_client_id(), queue_tx, Arc::new(close_tx));
+    let client = ClientHandle::new(shared.next_client_id(), config.limits.send_queue);
     let (sink, mut stream) = socket.split();
-    let heartbeat = config.server.idle_timeout / 3;
     let writer = tokio::spawn(write_loop(
         sink,
-        queue_rx,
-        close_rx.clone(),
-        heartbeat,
+        client.queue().clone(),
         shared.metrics.clone(),
     ));
 
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = Uuid::new_v4();
     tracing::info!(session = %id, peer = ?peer, "connection opened");
-    for frame in protocol::greeting(&id) {
+    for frame in protocol::greeting(id.hyphenated().encode_lower(&mut Uuid::encode_buffer())) {
         client.push(frame);
     }
     let auth_deadline =
@@ -156,7 +158,7 @@ where
         auth_deadline,
     };
     async move {
-        let reason = session.read_loop(&mut stream, close_rx).await;
+        let reason = session.read_loop(&mut stream).await;
         session.client.close(reason);
         session.release_all();
         tracing::info!(session = %session.id, peer = ?peer, reason = reason.code().unwrap_or("peer_closed"), "connection closed");
@@ -167,35 +169,31 @@ where
 }
 
 impl Session {
-    async fn read_loop<R>(
-        &mut self,
-        stream: &mut R,
-        mut close_rx: watch::Receiver<Option<Disconnect>>,
-    ) -> Disconnect
+    async fn read_loop<R>(&mut self, stream: &mut R) -> Disconnect
     where
         R: Stream<Item = Result<Message, WsError>> + Unpin,
     {
         let mut config_rx = self.shared.config.clone();
         let idle_timeout = self.config.server.idle_timeout;
         let mut last_seen = Instant::now();
+        // SPEC §1 heartbeat: a ping every third of the idle timeout, queued
+        // for the writer; any frame, pongs included, proves the peer alive.
+        let mut ping_at = last_seen + idle_timeout / 3;
         let mut shutdown = self.shared.shutdown.clone();
         if *shutdown.borrow_and_update() {
             return Disconnect::Shutdown;
         }
         loop {
-            let expires = match &self.auth {
-                Auth::Authenticated { expires, .. } => *expires,
-                Auth::None => None,
-            };
-            // One timer for all three deadlines keeps a single `Sleep` in
-            // this future. The auth deadline is set only before
-            // authorization and the token's expiry only after, so at most
-            // one of them is pending.
+            // One timer for the heartbeat and all three deadlines keeps a
+            // single `Sleep` per connection. The auth deadline is set only
+            // before authorization and the token's expiry only after, so at
+            // most one of them is pending.
             let idle_at = last_seen + idle_timeout;
             let timer = self
                 .auth_deadline
-                .or(expires)
-                .map_or(idle_at, |at| at.min(idle_at));
+                .or(self.expires())
+                .map_or(idle_at, |at| at.min(idle_at))
+                .min(ping_at);
             tokio::select! {
                 message = stream.next() => {
                     last_seen = Instant::now();
@@ -219,25 +217,22 @@ impl Session {
                     }
                 }
                 _ = sleep_until(timer) => {
-                    // The writer pings every third of the idle timeout; any
-                    // frame, pongs included, proves the peer alive.
                     let now = Instant::now();
+                    if now >= ping_at {
+                        self.client.queue().ping();
+                        ping_at = now + idle_timeout / 3;
+                    }
                     if self.auth_deadline.is_some_and(|at| now >= at) {
                         self.shared.metrics.auth_failure("auth_timeout");
                         return Disconnect::AuthTimeout;
                     }
-                    if expires.is_some_and(|at| now >= at) {
+                    if self.expires().is_some_and(|at| now >= at) {
                         self.expire();
-                    } else if now >= idle_at {
+                    } else if now >= last_seen + idle_timeout {
                         return Disconnect::Idle;
                     }
                 }
-                changed = close_rx.changed() => {
-                    return match changed {
-                        Ok(()) => close_rx.borrow().unwrap_or(Disconnect::Gone),
-                        Err(_) => Disconnect::Gone,
-                    };
-                }
+                reason = self.client.queue().closed() => return reason,
                 _ = shutdown.changed() => return Disconnect::Shutdown,
                 changed = config_rx.changed() => {
                     if changed.is_ok() {
@@ -247,6 +242,23 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// When the token stops being valid, once authorized.
+    fn expires(&self) -> Option<Instant> {
+        match &self.auth {
+            Auth::Authenticated { expires, .. } => *expires,
+            Auth::None => None,
+        }
+    }
+
+    /// Whether `session` is this connection's id as the greeting sent it.
+    fn is_own(&self, session: &str) -> bool {
+        session
+            == self
+                .id
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer())
     }
 
     async fn handle_text(&mut self, text: &str) {
@@ -268,7 +280,7 @@ impl Session {
             self.fail(&request, ErrorCode::LimitExceeded, &detail);
             return;
         }
-        if request.session != self.id {
+        if !self.is_own(&request.session) {
             self.fail(
                 &request,
                 ErrorCode::InvalidSession,
@@ -321,7 +333,9 @@ impl Session {
             self.shared.metrics.sessions_authenticated.inc();
         }
         self.auth = Auth::Authenticated {
-            identity,
+            claims: serde_json::to_string(&identity.claims)
+                .unwrap_or_default()
+                .into(),
             policy,
             expires,
         };
@@ -439,11 +453,14 @@ impl Session {
         self.config = config;
         self.anonymous = None;
         self.requests.reconfigure(&self.config.limits);
-        if let Auth::Authenticated {
-            identity, policy, ..
-        } = &mut self.auth
-        {
-            *policy = self.config.acl.bind(identity);
+        if let Auth::Authenticated { claims, policy, .. } = &mut self.auth {
+            // The text was written by `serde_json` from a map; should it not
+            // read back, no claim is left to allow anything by.
+            let identity = Identity {
+                claims: serde_json::from_str(claims).unwrap_or_default(),
+                expires_at: None,
+            };
+            *policy = self.config.acl.bind(&identity);
         }
         self.revoke_disallowed("no longer allowed by the acl");
     }
@@ -486,103 +503,95 @@ impl Session {
 }
 
 /// Drains the queue into the socket until the session closes, then sends the
-/// final frame and close frame when the reason calls for them.
+/// final frame and close frame when the reason calls for them. Heartbeat
+/// pings come through the queue too: the reader owns the timers.
 ///
-/// Holds no buffer of its own while idle: each wake takes the first frame
-/// with `recv` and then up to [`WRITE_BATCH`] more with `try_recv`, feeding
-/// each straight into the sink, so an idle connection pays only for this
-/// future. `arrivals` grows on the first delivery, never before.
-async fn write_loop<W>(
+/// Holds no buffer or timer of its own while idle: each wake takes up to
+/// [`WRITE_BATCH`] frames from the queue, feeding each straight into the
+/// sink, so an idle connection pays only for this future. `arrivals` grows
+/// on the first delivery, never before.
+///
+/// Not an `async fn`, which keeps its arguments twice in the future (80
+/// bytes more here, measured); tokio rounds each task up to a multiple of
+/// 128 bytes, and this one is spawned per connection.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "the async block holds the arguments once"
+)]
+fn write_loop<W>(
     mut sink: W,
-    mut queue: mpsc::Receiver<Outbound>,
-    mut close_rx: watch::Receiver<Option<Disconnect>>,
-    heartbeat: Duration,
+    queue: Arc<SendQueue>,
     metrics: Arc<Metrics>,
-) -> W
+) -> impl Future<Output = W> + Send
 where
-    W: Sink<Message, Error = WsError> + Unpin,
+    W: Sink<Message, Error = WsError> + Unpin + Send,
 {
-    // Broker arrival times of the deliveries written since the last flush.
-    let mut arrivals: Vec<Instant> = Vec::new();
-    let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        // `None` when the heartbeat woke us rather than a frame.
-        let first = tokio::select! {
-            biased;
-            _ = close_rx.changed() => break,
-            outbound = queue.recv() => match outbound {
-                Some(outbound) => Some(outbound),
-                None => break,
-            },
-            _ = ping.tick() => None,
-        };
-        let write = async {
-            let Some(first) = first else {
-                sink.feed(Message::Ping(Default::default())).await?;
-                return sink.flush().await;
-            };
-            let mut next = Some(first);
-            let mut fed = 0;
-            while let Some(outbound) = next {
-                arrivals.extend(outbound.arrived());
-                sink.feed(Message::Text(outbound.frame)).await?;
-                fed += 1;
-                next = if fed < WRITE_BATCH {
-                    queue.try_recv().ok()
-                } else {
-                    None
-                };
+    async move {
+        // Broker arrival times of the deliveries written since the last flush.
+        let mut arrivals: Vec<Instant> = Vec::new();
+        loop {
+            if !queue.ready().await {
+                break;
             }
-            sink.flush().await
-        };
-        let written = tokio::select! {
-            _ = close_rx.changed() => break,
-            written = write => written,
-        };
-        if written.is_err() {
+            let write = async {
+                if queue.take_ping() {
+                    sink.feed(Message::Ping(Default::default())).await?;
+                }
+                let mut fed = 0;
+                while fed < WRITE_BATCH {
+                    let Some(outbound) = queue.pop() else { break };
+                    arrivals.extend(outbound.arrived());
+                    sink.feed(Message::Text(outbound.frame)).await?;
+                    fed += 1;
+                }
+                sink.flush().await
+            };
+            let written = tokio::select! {
+                _ = queue.closing_requested() => break,
+                written = write => written,
+            };
+            if written.is_err() {
+                // The socket is gone: refuse further frames rather than hold
+                // them until the session notices.
+                queue.shut();
+                return sink;
+            }
+            let now = Instant::now();
+            metrics.frames_delivered.inc_by(arrivals.len() as u64);
+            for arrived in arrivals.drain(..) {
+                let latency = now.saturating_duration_since(arrived);
+                metrics.delivery_latency.observe(latency.as_secs_f64());
+            }
+        }
+        // A slow consumer's queue is discarded unsent, as is anything left.
+        let (reason, left) = queue.shut();
+        if left > 0 {
+            let why = match reason {
+                Some(Disconnect::SlowConsumer) => "slow_consumer",
+                _ => "closed",
+            };
+            metrics.dropped(why, left);
+        }
+        drop(queue);
+        let Some(reason) = reason else { return sink };
+        if reason == Disconnect::Gone {
+            // The peer's close frame was read and tungstenite queued the reply;
+            // send it, so a clean close ends as 1000 rather than 1006.
+            let _ = timeout(CLOSE_TIMEOUT, sink.close()).await;
             return sink;
         }
-        let now = Instant::now();
-        metrics.frames_delivered.inc_by(arrivals.len() as u64);
-        for arrived in arrivals.drain(..) {
-            let latency = now.saturating_duration_since(arrived);
-            metrics.delivery_latency.observe(latency.as_secs_f64());
-        }
-    }
-    let reason = *close_rx.borrow();
-    // A slow consumer's queue is discarded unsent, as is anything left.
-    queue.close();
-    let mut left = 0u64;
-    while let Ok(outbound) = queue.try_recv() {
-        left += u64::from(outbound.arrived().is_some());
-    }
-    if left > 0 {
-        let why = match reason {
-            Some(Disconnect::SlowConsumer) => "slow_consumer",
-            _ => "closed",
+        let (Some(frame), Some(code)) = (reason.final_frame(), reason.close_code()) else {
+            return sink;
         };
-        metrics.dropped(why, left);
+        let farewell = async {
+            sink.send(Message::Text(frame)).await?;
+            sink.send(Message::Close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: "".into(),
+            })))
+            .await
+        };
+        let _ = timeout(CLOSE_TIMEOUT, farewell).await;
+        sink
     }
-    drop(queue);
-    let Some(reason) = reason else { return sink };
-    if reason == Disconnect::Gone {
-        // The peer's close frame was read and tungstenite queued the reply;
-        // send it, so a clean close ends as 1000 rather than 1006.
-        let _ = timeout(CLOSE_TIMEOUT, sink.close()).await;
-        return sink;
-    }
-    let (Some(frame), Some(code)) = (reason.final_frame(), reason.close_code()) else {
-        return sink;
-    };
-    let farewell = async {
-        sink.send(Message::Text(frame)).await?;
-        sink.send(Message::Close(Some(CloseFrame {
-            code: CloseCode::from(code),
-            reason: "".into(),
-        })))
-        .await
-    };
-    let _ = timeout(CLOSE_TIMEOUT, farewell).await;
-    sink
 }

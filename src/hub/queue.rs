@@ -1,0 +1,297 @@
+//! A connection's bounded send queue and its close signal, in one small
+//! allocation.
+//!
+//! Every connection has one, so its idle cost is paid per connection: a
+//! `tokio::mpsc` channel allocates its first block of 32 slots up front
+//! (1.3 KB) next to a cache-padded channel header, and a `watch` channel as
+//! the close signal adds a few hundred bytes more. Here the frames live in a
+//! `VecDeque` that allocates on the first frame, and the close reason sits
+//! beside them under the same lock.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use super::Outbound;
+use crate::protocol::Disconnect;
+
+/// Why [`SendQueue::push`] refused a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// `limits.send_queue` frames are already waiting: a slow consumer.
+    Full,
+    /// The writer has stopped; nothing more will be sent.
+    Shut,
+}
+
+/// Frames waiting for the connection's writer, and why it must close.
+/// Many producers (the hub, the session), one consumer (the writer).
+pub struct SendQueue {
+    /// A std mutex: every critical section is a push, a pop or a flag, never
+    /// held across an await.
+    state: Mutex<State>,
+    /// Most frames waiting at once (`limits.send_queue`).
+    capacity: usize,
+    /// Wakes the writer when a frame arrives in an empty queue, or a ping
+    /// or the close is requested. `notify_one` keeps a permit when the
+    /// writer is busy writing, so no wake-up is lost between its check and
+    /// its wait.
+    writer: Notify,
+    /// Wakes the session's reader when the close is requested.
+    reader: Notify,
+}
+
+struct State {
+    /// Waiting frames, oldest first; no allocation until the first one.
+    frames: VecDeque<Outbound>,
+    /// A heartbeat ping is due; sent ahead of the waiting frames.
+    ping: bool,
+    /// The first close reason asked for; later ones are ignored.
+    closing: Option<Disconnect>,
+    /// The writer has stopped taking frames: pushes are refused.
+    shut: bool,
+}
+
+impl SendQueue {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                frames: VecDeque::new(),
+                ping: false,
+                closing: None,
+                shut: false,
+            }),
+            capacity,
+            writer: Notify::new(),
+            reader: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state whole, even on a panic.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a frame without waiting.
+    pub fn push(&self, outbound: Outbound) -> Result<(), PushError> {
+        let mut state = self.lock();
+        if state.shut {
+            return Err(PushError::Shut);
+        }
+        if state.frames.len() >= self.capacity {
+            return Err(PushError::Full);
+        }
+        state.frames.push_back(outbound);
+        // The writer drains until the queue is empty before it waits, so
+        // only the first frame into an empty queue needs to wake it.
+        if state.frames.len() == 1 {
+            self.writer.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Asks the writer to send a ping. It takes no room in the queue: a
+    /// client that falls behind is cut by the queue bound, not the heartbeat.
+    pub fn ping(&self) {
+        let mut state = self.lock();
+        if !state.ping {
+            state.ping = true;
+            self.writer.notify_one();
+        }
+    }
+
+    /// Asks the writer and the reader to stop for `reason`, unless a reason
+    /// was already given.
+    pub fn close(&self, reason: Disconnect) {
+        let mut state = self.lock();
+        if state.closing.is_none() {
+            state.closing = Some(reason);
+            self.writer.notify_one();
+            self.reader.notify_one();
+        }
+    }
+
+    /// The close reason, once asked for.
+    pub fn closing(&self) -> Option<Disconnect> {
+        self.lock().closing
+    }
+
+    /// For the reader: resolves with the reason once the close is asked for.
+    pub async fn closed(&self) -> Disconnect {
+        loop {
+            if let Some(reason) = self.closing() {
+                return reason;
+            }
+            self.reader.notified().await;
+        }
+    }
+
+    /// For the writer: resolves with `true` once a frame or a ping is
+    /// waiting, or `false` once the close is asked for (which wins over both).
+    pub async fn ready(&self) -> bool {
+        loop {
+            {
+                let state = self.lock();
+                if state.closing.is_some() {
+                    return false;
+                }
+                if state.ping || !state.frames.is_empty() {
+                    return true;
+                }
+            }
+            self.writer.notified().await;
+        }
+    }
+
+    /// For the writer while it writes: resolves once the close is asked for.
+    pub async fn closing_requested(&self) {
+        while self.closing().is_none() {
+            self.writer.notified().await;
+        }
+    }
+
+    /// Whether a ping is due; clears the request.
+    pub fn take_ping(&self) -> bool {
+        std::mem::take(&mut self.lock().ping)
+    }
+
+    /// The oldest waiting frame.
+    pub fn pop(&self) -> Option<Outbound> {
+        self.lock().frames.pop_front()
+    }
+
+    /// For the writer when it stops: refuses further pushes and discards
+    /// what is left. Returns the close reason and how many deliveries (not
+    /// replies) were discarded.
+    pub fn shut(&self) -> (Option<Disconnect>, u64) {
+        let (reason, left) = {
+            let mut state = self.lock();
+            state.shut = true;
+            (state.closing, std::mem::take(&mut state.frames))
+        };
+        let deliveries = left.iter().filter(|o| o.arrived().is_some()).count();
+        (reason, deliveries as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use crate::protocol::Frame;
+
+    fn reply() -> Outbound {
+        Outbound::reply(Frame::from_static("{}"))
+    }
+
+    #[test]
+    fn a_full_queue_refuses_until_a_frame_is_taken() {
+        let queue = SendQueue::new(2);
+        assert_eq!(queue.push(reply()), Ok(()));
+        assert_eq!(queue.push(reply()), Ok(()));
+        assert_eq!(queue.push(reply()), Err(PushError::Full));
+        assert!(queue.pop().is_some());
+        assert_eq!(queue.push(reply()), Ok(()));
+    }
+
+    #[test]
+    fn the_first_close_reason_wins() {
+        let queue = SendQueue::new(2);
+        queue.close(Disconnect::SlowConsumer);
+        queue.close(Disconnect::Shutdown);
+        assert_eq!(queue.closing(), Some(Disconnect::SlowConsumer));
+    }
+
+    #[test]
+    fn a_shut_queue_refuses_and_counts_discarded_deliveries() {
+        let queue = SendQueue::new(4);
+        let now = tokio::time::Instant::now();
+        queue.push(reply()).expect("room");
+        queue
+            .push(Outbound::delivery(Frame::from_static("{}"), now))
+            .expect("room");
+        queue.close(Disconnect::Idle);
+        assert_eq!(queue.shut(), (Some(Disconnect::Idle), 1));
+        assert_eq!(queue.push(reply()), Err(PushError::Shut));
+        assert!(queue.pop().is_none());
+    }
+
+    /// A waker that records whether it was woken.
+    #[derive(Default)]
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Flag {
+        fn woken(&self) -> bool {
+            self.0.swap(false, std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn a_waiting_writer_is_woken_by_a_frame_and_by_the_close() {
+        let queue = SendQueue::new(4);
+        let flag = Arc::new(Flag::default());
+        let waker = std::task::Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+
+        let mut ready = std::pin::pin!(queue.ready());
+        assert!(ready.as_mut().poll(&mut cx).is_pending());
+        queue.push(reply()).expect("room");
+        assert!(flag.woken());
+        assert_eq!(ready.as_mut().poll(&mut cx), Poll::Ready(true));
+        assert!(queue.pop().is_some());
+
+        let mut ready = std::pin::pin!(queue.ready());
+        assert!(ready.as_mut().poll(&mut cx).is_pending());
+        let mut closed = std::pin::pin!(queue.closed());
+        assert!(closed.as_mut().poll(&mut cx).is_pending());
+        queue.close(Disconnect::Shutdown);
+        assert!(flag.woken());
+        assert_eq!(ready.as_mut().poll(&mut cx), Poll::Ready(false));
+        assert_eq!(
+            closed.as_mut().poll(&mut cx),
+            Poll::Ready(Disconnect::Shutdown)
+        );
+    }
+
+    #[test]
+    fn a_ping_wakes_the_writer_once_and_takes_no_room() {
+        let queue = SendQueue::new(1);
+        let flag = Arc::new(Flag::default());
+        let waker = std::task::Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        queue.push(reply()).expect("room");
+        assert!(queue.pop().is_some());
+        let mut ready = std::pin::pin!(queue.ready());
+        assert!(ready.as_mut().poll(&mut cx).is_pending());
+        queue.ping();
+        queue.ping();
+        assert!(flag.woken());
+        assert_eq!(ready.as_mut().poll(&mut cx), Poll::Ready(true));
+        assert_eq!(queue.push(reply()), Ok(()));
+        assert!(queue.take_ping());
+        assert!(!queue.take_ping());
+    }
+
+    #[test]
+    fn the_close_wins_over_waiting_frames() {
+        let queue = SendQueue::new(4);
+        queue.push(reply()).expect("room");
+        queue.close(Disconnect::SlowConsumer);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut ready = std::pin::pin!(queue.ready());
+        assert_eq!(ready.as_mut().poll(&mut cx), Poll::Ready(false));
+    }
+}
