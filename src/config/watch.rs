@@ -170,9 +170,11 @@ pub fn spawn(mut reloader: Reloader) -> Result<Watcher, notify::Error> {
         }
     })?;
     debouncer.watch(&dir, RecursiveMode::NonRecursive)?;
+    // Installed before the log line below: until then SIGHUP still has its
+    // default action and would end the process.
+    let mut hangup = hangup_signal();
     tracing::info!(dir = %dir.display(), "watching config for changes");
     let task = tokio::spawn(async move {
-        let mut hangup = hangup_signal();
         loop {
             tokio::select! {
                 event = rx.recv() => match event {
