@@ -1,12 +1,15 @@
 //! Topic ACL: ordered glob rules, the first match decides (SPEC §2 `[acl]`).
 //!
-//! [`Acl::compile`] validates the rules and compiles the globs of every rule
-//! without a `${claim}` template, once per config. [`Acl::bind`] turns the
-//! rules into a [`Policy`] for one identity at authorization: rules whose
-//! `claims` conditions fail are dropped, templates are filled with the
-//! identity's claim values, glob-escaped so that no value can widen a rule,
-//! and compiled. [`Policy::check`] is then a pure lookup per subscribe.
-
+//! [`Acl::compile`] validates the rules and compiles every pattern once per
+//! config: plain globs with globset, `${claim}` templates into a
+//! `program::Program` that leaves the claims open (`tokens` reads a
+//! template exactly as globset reads the filled glob). [`Acl::bind`] turns
+//! the rules into a [`Policy`] for one identity at authorization: rules
+//! whose `claims` conditions fail are dropped, and the claims the templates
+//! name are looked up, nothing compiled. A value then matches only itself,
+//! as the escaped, braced literal a filled glob would hold (see `literal`),
+//! so that no value can widen a rule. [`Policy::check`] is a pure lookup per
+//! subscribe.
 //!
 //! Every glob is parsed with the same options on every platform: `*` also
 //! matches `.` and `/`, `\` escapes the next character (SPEC §2), and `{,x}`
@@ -20,6 +23,13 @@ use serde_json::{Map, Value};
 
 use crate::auth::Identity;
 use crate::config::Issue;
+
+mod program;
+mod template;
+mod tokens;
+
+use program::Scratch;
+use template::{Template, Templated, compile_templated};
 
 /// `[acl]` as written in the file, before validation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,38 +84,53 @@ impl Decision {
     }
 }
 
-/// A rule's topic patterns: compiled now, or filled per identity.
+/// A rule's topic patterns, compiled at config load as far as they can be.
 #[derive(Debug)]
 enum Patterns {
+    /// No `${claim}`: the same globs for everyone.
     Static(Arc<Globs>),
-    Templated(Vec<Template>),
+    /// With `${claim}`s: compiled once, the values supplied per identity.
+    Templated(Arc<Templated>),
+    /// Filled and compiled per identity, as before templates were compiled
+    /// once: the fallback for a rule with a template whose reading by
+    /// `tokens::parse` does not reproduce globset's regex (none known; see
+    /// `Acl::compile`).
+    PerIdentity(Vec<Template>),
 }
 
-/// A rule's compiled globs, any one of which matching suffices. Each is
-/// matched by its own regex rather than through a `GlobSet`: the set's
-/// shortcuts read a path's file name and miss topics ending in `/..` (the
-/// set says `**..` does not match `a/..`), and a topic is not a path.
+/// What one rule matches for one identity; any one pattern matching
+/// suffices. Plain globs are matched each by its own regex rather than
+/// through a `GlobSet`: the set's shortcuts read a path's file name and miss
+/// topics ending in `/..` (the set says `**..` does not match `a/..`), and a
+/// topic is not a path.
 #[derive(Debug)]
-struct Globs(Vec<GlobMatcher>);
+enum Globs {
+    Compiled(Vec<GlobMatcher>),
+    /// A templated rule bound to one identity: shared compiled parts and
+    /// the identity's claim values, which are all the identity adds.
+    Bound {
+        rule: Arc<Templated>,
+        /// The identity's value of each of `Acl::template_claims`.
+        values: Arc<[Option<Box<str>>]>,
+    },
+}
 
 impl Globs {
-    fn is_match(&self, topic: &str) -> bool {
-        self.0.iter().any(|glob| glob.is_match(topic))
+    fn is_match(&self, topic: &str, scratch: &mut Option<Scratch>) -> bool {
+        match self {
+            Globs::Compiled(globs) => globs.iter().any(|glob| glob.is_match(topic)),
+            Globs::Bound { rule, values } => {
+                rule.globs.iter().any(|glob| glob.is_match(topic))
+                    || rule.programs.iter().any(|program| {
+                        program.is_match(values, topic, scratch.get_or_insert_default())
+                    })
+            }
+        }
     }
 }
 
-/// A pattern split into literal glob text and `${claim}` references.
-#[derive(Debug)]
-struct Template(Vec<Piece>);
-
-#[derive(Debug)]
-enum Piece {
-    Glob(String),
-    Claim(ClaimPath),
-}
-
 /// A claim a rule names: `role`, or `org.role` for a nested one.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ClaimPath {
     /// As written: tried first as one top-level key, so that namespaced
     /// claims such as `https://example.com/roles` can be named too.
@@ -131,9 +156,13 @@ pub struct Acl {
     default: Effect,
     /// In file order, which is the order of precedence.
     rules: Vec<Rule>,
+    /// Every claim a compiled template names, once: `bind` looks each up
+    /// once however many rules use it.
+    template_claims: Vec<ClaimPath>,
 }
 
-/// The ACL as it applies to one identity: only plain globs remain.
+/// The ACL as it applies to one identity: the rules whose claims hold,
+/// templates bound to the identity's claim values.
 #[derive(Debug, Clone)]
 pub struct Policy {
     /// The decision when no rule matches.
@@ -148,6 +177,7 @@ impl Acl {
         let mut issues = Vec::new();
         let default = parse_effect(&raw.default, "acl.default", &mut issues);
         let mut rules = Vec::new();
+        let mut template_claims = Vec::new();
         for (index, rule) in raw.rules.iter().enumerate() {
             let key = format!("acl.rules[{index}]");
             let effect = parse_effect(&rule.effect, &format!("{key}.effect"), &mut issues);
@@ -183,14 +213,21 @@ impl Acl {
             }
             let patterns = if templates.iter().all(Template::is_static) {
                 match build_globs(templates.iter().map(|t| t.fill(&|_| None))) {
-                    Ok(set) => Patterns::Static(Arc::new(set)),
+                    Ok(globs) => Patterns::Static(Arc::new(Globs::Compiled(globs))),
                     Err(err) => {
                         issues.push(Issue::new(format!("{key}.topics"), err.to_string()));
                         continue;
                     }
                 }
             } else {
-                Patterns::Templated(templates)
+                let known = template_claims.len();
+                match compile_templated(&templates, &mut template_claims) {
+                    Some(templated) => Patterns::Templated(Arc::new(templated)),
+                    None => {
+                        template_claims.truncate(known);
+                        Patterns::PerIdentity(templates)
+                    }
+                }
             };
             rules.push(Rule {
                 patterns,
@@ -199,15 +236,22 @@ impl Acl {
             });
         }
         if issues.is_empty() {
-            Ok(Self { default, rules })
+            Ok(Self {
+                default,
+                rules,
+                template_claims,
+            })
         } else {
             Err(issues)
         }
     }
 
-    /// The rules as they apply to `identity`, templates filled and compiled.
+    /// The rules as they apply to `identity`: the claims each template
+    /// names are looked up, and nothing is compiled (but for the fallback
+    /// of `Patterns::PerIdentity`).
     pub fn bind(&self, identity: &Identity) -> Policy {
         let mut rules = Vec::with_capacity(self.rules.len());
+        let mut values: Option<Arc<[Option<Box<str>>]>> = None;
         for (index, rule) in self.rules.iter().enumerate() {
             let claims_hold = rule
                 .claims
@@ -216,9 +260,29 @@ impl Acl {
             if !claims_hold {
                 continue;
             }
-            let set = match &rule.patterns {
-                Patterns::Static(set) => set.clone(),
-                Patterns::Templated(templates) => {
+            let globs = match &rule.patterns {
+                Patterns::Static(globs) => globs.clone(),
+                Patterns::Templated(templated) => {
+                    let values = values.get_or_insert_with(|| {
+                        self.template_claims
+                            .iter()
+                            .map(|path| {
+                                let value = path.lookup(&identity.claims).and_then(scalar_text);
+                                value.map(String::into_boxed_str)
+                            })
+                            .collect()
+                    });
+                    // A rule naming a claim the token lacks does not match.
+                    let missing = |&n: &usize| values.get(n).is_none_or(Option::is_none);
+                    if templated.claims.iter().any(missing) {
+                        continue;
+                    }
+                    Arc::new(Globs::Bound {
+                        rule: templated.clone(),
+                        values: values.clone(),
+                    })
+                }
+                Patterns::PerIdentity(templates) => {
                     let value =
                         |path: &ClaimPath| path.lookup(&identity.claims).and_then(scalar_text);
                     let filled: Option<Vec<String>> =
@@ -226,7 +290,7 @@ impl Acl {
                     // A rule naming a claim the token lacks does not match.
                     let Some(filled) = filled else { continue };
                     match build_globs(filled) {
-                        Ok(set) => Arc::new(set),
+                        Ok(globs) => Arc::new(Globs::Compiled(globs)),
                         // Unreachable: `compile` proved every filling valid.
                         // Should it happen, a deny rule that cannot be built
                         // denies everything from here on rather than vanish.
@@ -240,7 +304,7 @@ impl Acl {
                     }
                 }
             };
-            rules.push((index, set, rule.effect));
+            rules.push((index, globs, rule.effect));
         }
         Policy {
             default: self.default,
@@ -251,8 +315,9 @@ impl Acl {
 
 impl Policy {
     pub fn check(&self, topic: &str) -> Decision {
+        let mut scratch = None;
         for (index, globs, effect) in &self.rules {
-            if globs.is_match(topic) {
+            if globs.is_match(topic, &mut scratch) {
                 return decide(*effect, Some(*index));
             }
         }
@@ -264,100 +329,6 @@ fn decide(effect: Effect, rule: Option<usize>) -> Decision {
     match effect {
         Effect::Allow => Decision::Allow(rule),
         Effect::Deny => Decision::Deny(rule),
-    }
-}
-
-impl Template {
-    /// Splits `pattern` at its `${claim}` references. The scan follows
-    /// globset's own reading of the glob, so that `\${` stays literal text
-    /// and a reference inside a `[...]` class, where globset has no escapes
-    /// and a value such as `a-z` would become a range, is refused.
-    fn parse(pattern: &str) -> Result<Self, String> {
-        let bytes = pattern.as_bytes();
-        let mut pieces = Vec::new();
-        // Start of the glob text not yet pushed. Every index below sits on an
-        // ASCII byte, so slicing there is always on a char boundary.
-        let mut start = 0;
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'\\' => i += 2,
-                b'[' => {
-                    // `[!` and `[^` negate; a `]` right after the opening
-                    // (and negation) is a member, the next one closes.
-                    let mut j = i + 1;
-                    if matches!(bytes.get(j), Some(b'!' | b'^')) {
-                        j += 1;
-                    }
-                    if bytes.get(j) == Some(&b']') {
-                        j += 1;
-                    }
-                    let end = bytes[j.min(bytes.len())..]
-                        .iter()
-                        .position(|&b| b == b']')
-                        .map_or(bytes.len(), |p| j + p + 1);
-                    if pattern[i..end].contains("${") {
-                        return Err(format!(
-                            "a ${{claim}} cannot be used inside a [...] class in {pattern:?}"
-                        ));
-                    }
-                    i = end;
-                }
-                b'$' if bytes.get(i + 1) == Some(&b'{') => {
-                    if start < i {
-                        pieces.push(Piece::Glob(pattern[start..i].to_string()));
-                    }
-                    let after = i + 2;
-                    let end = pattern[after..]
-                        .find('}')
-                        .map(|p| after + p)
-                        .ok_or_else(|| format!("unterminated ${{ in {pattern:?}"))?;
-                    let name = &pattern[after..end];
-                    let valid = !name.is_empty()
-                        && name.split('.').all(|segment| !segment.is_empty())
-                        && name
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-                    if !valid {
-                        return Err(format!(
-                            "bad claim name {name:?} in {pattern:?}: use letters, digits, '_', '-' \
-                             and '.' between names"
-                        ));
-                    }
-                    pieces.push(Piece::Claim(ClaimPath::new(name)));
-                    i = end + 1;
-                    start = i;
-                }
-                _ => i += 1,
-            }
-        }
-        if start < bytes.len() {
-            pieces.push(Piece::Glob(pattern[start..].to_string()));
-        }
-        Ok(Self(pieces))
-    }
-
-    fn is_static(&self) -> bool {
-        self.0.iter().all(|p| matches!(p, Piece::Glob(_)))
-    }
-
-    /// Fills claims with `value`; a missing claim becomes an empty string.
-    fn fill(&self, value: &dyn Fn(&ClaimPath) -> Option<String>) -> String {
-        self.try_fill(&|path| Some(value(path).unwrap_or_default()))
-            .unwrap_or_default()
-    }
-
-    /// Fills claims with `value`, each as a [`literal`]; `None` when a claim
-    /// is missing.
-    fn try_fill(&self, value: &dyn Fn(&ClaimPath) -> Option<String>) -> Option<String> {
-        let mut out = String::new();
-        for piece in &self.0 {
-            match piece {
-                Piece::Glob(text) => out.push_str(text),
-                Piece::Claim(path) => out.push_str(&literal(&value(path)?)),
-            }
-        }
-        Some(out)
     }
 }
 
@@ -421,12 +392,13 @@ fn glob(pattern: &str) -> Result<Glob, globset::Error> {
         .build()
 }
 
-fn build_globs(patterns: impl IntoIterator<Item = String>) -> Result<Globs, globset::Error> {
+fn build_globs(
+    patterns: impl IntoIterator<Item = String>,
+) -> Result<Vec<GlobMatcher>, globset::Error> {
     patterns
         .into_iter()
         .map(|pattern| glob(&pattern).map(|glob| glob.compile_matcher()))
-        .collect::<Result<_, _>>()
-        .map(Globs)
+        .collect()
 }
 
 fn parse_effect(text: &str, key: &str, issues: &mut Vec<Issue>) -> Effect {
@@ -500,5 +472,7 @@ pub fn escape(value: &str) -> String {
     out
 }
 
+#[cfg(test)]
+mod oracle_tests;
 #[cfg(test)]
 mod tests;
