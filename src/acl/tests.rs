@@ -718,7 +718,7 @@ fn escape_leaves_plain_text_alone() {
 }
 
 #[test]
-fn static_rules_compile_once_and_templated_ones_per_identity() {
+fn static_rules_are_shared_and_templated_ones_bound_per_identity() {
     let acl = acl(r#"
         [[rules]]
         topics = ["public.*"]
