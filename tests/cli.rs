@@ -1,7 +1,11 @@
 //! The `topicgate` binary: `check`, `token`, exit codes (SPEC §2, §4).
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
+
+use common::TempFile;
 
 const BIN: &str = env!("CARGO_BIN_EXE_topicgate");
 
@@ -10,12 +14,8 @@ fn repo_file(path: &str) -> PathBuf {
 }
 
 /// Writes `text` to a config file unique to this test.
-fn temp_config(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("topicgate-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
+fn temp_config(name: &str, text: &str) -> TempFile {
+    TempFile::new("cli", &format!("{name}.toml"), text)
 }
 
 fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {

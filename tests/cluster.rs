@@ -258,13 +258,9 @@ async fn a_changed_channel_prefix_resubscribes_every_topic_live() {
 
 #[tokio::test]
 async fn a_cluster_behind_tls_and_a_password_round_trips() {
-    let dir = std::env::temp_dir().join(format!(
-        "topicgate-cluster-tls-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (ca, cert, key) = make_tls_certs(&dir);
+    let tmp = temp_dir("cluster-tls");
+    let dir = tmp.path();
+    let (ca, cert, key) = make_tls_certs(dir);
     let password = "cluster-secret";
     let secure = common::cluster::Secure {
         ca: ca.clone(),
@@ -311,7 +307,6 @@ async fn a_cluster_behind_tls_and_a_password_round_trips() {
         assert_eq!(cluster.spublish(0, topic, r#""cli""#), 1);
         assert_eq!(c.recv().await, message(topic, json!("cli")));
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

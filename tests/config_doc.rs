@@ -130,9 +130,11 @@ fn config_doc_names_each_environment_variable_and_reload_behaviour() {
 /// The variable names above are the ones the loader really reads.
 #[test]
 fn a_documented_environment_variable_overrides_its_key() {
-    let dir = std::env::temp_dir().join(format!("topicgate-config-doc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("config.toml");
+    let tmp = tempfile::Builder::new()
+        .prefix("topicgate-config-doc-")
+        .tempdir()
+        .unwrap();
+    let file = tmp.path().join("config.toml");
     std::fs::write(&file, "[auth.jwt]\nsecret = \"s\"\n").unwrap();
     let env = std::collections::HashMap::from([
         ("TOPICGATE__LIMITS__SEND_QUEUE".to_string(), "7".to_string()),
@@ -142,7 +144,6 @@ fn a_documented_environment_variable_overrides_its_key() {
         ),
     ]);
     let config = topicgate::config::load(&file, Some(env));
-    std::fs::remove_dir_all(&dir).unwrap();
     let config = config.unwrap();
     assert_eq!(config.limits.send_queue, 7);
     assert_eq!(

@@ -186,8 +186,8 @@ async fn gateway_serves_while_redis_is_away_at_start() {
 #[tokio::test]
 async fn refused_redis_password_is_logged_clearly_and_retried() {
     let redis = RedisServer::start_with(&["--requirepass", "right"]);
-    let dir = std::env::temp_dir().join(format!("topicgate-wrongpass-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = temp_dir("wrongpass");
+    let dir = tmp.path();
     let port = free_port();
     let config = dir.join("config.toml");
     std::fs::write(

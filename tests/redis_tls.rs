@@ -7,9 +7,9 @@ use serde_json::json;
 
 #[tokio::test]
 async fn rediss_url_subscribes_and_publishes_over_tls() {
-    let dir = std::env::temp_dir().join(format!("topicgate-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (ca, cert, key) = make_tls_certs(&dir);
+    let tmp = temp_dir("tls");
+    let dir = tmp.path();
+    let (ca, cert, key) = make_tls_certs(dir);
     let redis = RedisServer::start_tls(&ca, &cert, &key);
     let port = free_port();
     let config = dir.join("config.toml");

@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use common::*;
 use serde_json::json;
@@ -18,18 +17,6 @@ struct Live {
     path: PathBuf,
     outcomes: watch::Receiver<(u64, Outcome)>,
     _watcher: Watcher,
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "topicgate-reload-{}-{name}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// A memory-broker config allowing `topics`, with `extra` TOML.
@@ -91,8 +78,9 @@ impl Live {
 
 #[tokio::test]
 async fn tightened_acl_revokes_live_subscriptions_it_no_longer_allows() {
-    let dir = temp_dir("acl");
-    let mut live = Live::start(&dir, &memory_config("\"chat-*\", \"test-*\"", "")).await;
+    let tmp = temp_dir("reload-acl");
+    let dir = tmp.path();
+    let mut live = Live::start(dir, &memory_config("\"chat-*\", \"test-*\"", "")).await;
     let mut c = Client::connect(live.gateway.addr).await;
     c.login("alice").await;
     c.subscribed("chat-a").await;
@@ -120,8 +108,9 @@ async fn tightened_acl_revokes_live_subscriptions_it_no_longer_allows() {
 
 #[tokio::test]
 async fn rotated_secret_refuses_old_tokens_and_keeps_live_sessions() {
-    let dir = temp_dir("secret");
-    let mut live = Live::start(&dir, &memory_config("\"test-*\"", "")).await;
+    let tmp = temp_dir("reload-secret");
+    let dir = tmp.path();
+    let mut live = Live::start(dir, &memory_config("\"test-*\"", "")).await;
     let mut before = Client::connect(live.gateway.addr).await;
     before.login("alice").await;
     before.subscribed("test-live").await;
@@ -160,8 +149,9 @@ async fn redis_moved_by_config_keeps_deliveries_flowing() {
             redis.url()
         )
     };
-    let dir = temp_dir("redis");
-    let mut live = Live::start(&dir, &redis_config(&old)).await;
+    let tmp = temp_dir("reload-redis");
+    let dir = tmp.path();
+    let mut live = Live::start(dir, &redis_config(&old)).await;
     let mut c = Client::connect(live.gateway.addr).await;
     c.login("alice").await;
     c.subscribed("test-moving").await;
@@ -187,8 +177,9 @@ async fn redis_moved_by_config_keeps_deliveries_flowing() {
 
 #[tokio::test]
 async fn invalid_file_is_rejected_whole_then_a_valid_one_applies() {
-    let dir = temp_dir("invalid");
-    let mut live = Live::start(&dir, &memory_config("\"test-*\"", "")).await;
+    let tmp = temp_dir("reload-invalid");
+    let dir = tmp.path();
+    let mut live = Live::start(dir, &memory_config("\"test-*\"", "")).await;
     let mut c = Client::connect(live.gateway.addr).await;
     c.login("alice").await;
 
@@ -226,8 +217,9 @@ async fn invalid_file_is_rejected_whole_then_a_valid_one_applies() {
 
 #[tokio::test]
 async fn editor_style_atomic_save_is_seen() {
-    let dir = temp_dir("atomic");
-    let mut live = Live::start(&dir, &memory_config("\"test-*\"", "")).await;
+    let tmp = temp_dir("reload-atomic");
+    let dir = tmp.path();
+    let mut live = Live::start(dir, &memory_config("\"test-*\"", "")).await;
     let temp = dir.join(".config.toml.swp");
     std::fs::write(&temp, memory_config("\"chat-*\"", "")).unwrap();
     std::fs::rename(&temp, &live.path).unwrap();
@@ -244,7 +236,8 @@ async fn editor_style_atomic_save_is_seen() {
 #[tokio::test]
 async fn kubernetes_style_symlink_swap_is_seen() {
     // The ConfigMap layout: config.toml -> ..data/config.toml, ..data -> ..v1
-    let dir = temp_dir("symlink");
+    let tmp = temp_dir("reload-symlink");
+    let dir = tmp.path();
     let version = |name: &str, text: &str| {
         std::fs::create_dir_all(dir.join(name)).unwrap();
         std::fs::write(dir.join(name).join("config.toml"), text).unwrap();
@@ -265,8 +258,9 @@ async fn kubernetes_style_symlink_swap_is_seen() {
 
 #[tokio::test]
 async fn fifty_rapid_writes_end_in_the_last_valid_config() {
-    let dir = temp_dir("rapid");
-    let live = Live::start(&dir, &memory_config("\"test-*\"", "")).await;
+    let tmp = temp_dir("reload-rapid");
+    let dir = tmp.path();
+    let live = Live::start(dir, &memory_config("\"test-*\"", "")).await;
     let mut config = live.gateway.shared.config.clone();
     for i in 1..=50 {
         let text = if i % 7 == 0 && i != 50 {
@@ -290,7 +284,8 @@ async fn fifty_rapid_writes_end_in_the_last_valid_config() {
 
 #[tokio::test]
 async fn sighup_reloads_the_running_binary() {
-    let dir = temp_dir("sighup");
+    let tmp = temp_dir("reload-sighup");
+    let dir = tmp.path();
     let port = free_port();
     let path = dir.join("config.toml");
     std::fs::write(

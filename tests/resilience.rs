@@ -147,8 +147,8 @@ async fn slow_consumer_is_cut_and_others_on_the_topic_get_everything_in_order() 
 #[tokio::test]
 async fn sigterm_closes_clients_with_1001_and_exits_0() {
     let port = free_port();
-    let dir = std::env::temp_dir().join(format!("topicgate-sigterm-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = temp_dir("sigterm");
+    let dir = tmp.path();
     let path = dir.join("config.toml");
     std::fs::write(
         &path,
@@ -208,8 +208,8 @@ async fn client_close_is_answered_with_a_close_frame() {
 #[tokio::test]
 async fn json_logs_carry_one_line_per_connection_without_tokens() {
     let port = free_port();
-    let dir = std::env::temp_dir().join(format!("topicgate-jsonlog-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = temp_dir("jsonlog");
+    let dir = tmp.path();
     let path = dir.join("config.toml");
     std::fs::write(
         &path,

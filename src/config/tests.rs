@@ -7,13 +7,28 @@ use crate::auth::{Identity, Mode};
 /// The smallest file that compiles: the HS256 default needs a secret.
 const MINIMAL: &str = "[auth.jwt]\nsecret = \"s\"\n";
 
-/// Writes `text` to a fresh file of its own, so tests can run in parallel.
-fn write_config(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("topicgate-config-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("config.toml");
+/// A config file in a fresh directory of its own, so tests can run in
+/// parallel; the directory is removed when this drops.
+struct TempConfig {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl std::ops::Deref for TempConfig {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn write_config(name: &str, text: &str) -> TempConfig {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("topicgate-config-{name}-"))
+        .tempdir()
+        .unwrap();
+    let path = dir.path().join("config.toml");
     std::fs::write(&path, text).unwrap();
-    path
+    TempConfig { _dir: dir, path }
 }
 
 fn env(vars: &[(&str, &str)]) -> Option<HashMap<String, String>> {
@@ -584,7 +599,7 @@ fn toml_syntax_errors_name_the_file_and_line() {
     let text = "[server]\nbind = \"0.0.0.0:3000\"\nidle_timeout_secs = \n";
     let path = write_config("syntax", text);
     let err = load(&path, env(&[])).unwrap_err();
-    assert_eq!(err.file.as_deref(), Some(path.as_path()));
+    assert_eq!(err.file.as_deref(), Some(&*path));
     assert_eq!(issue_keys(&err), ["(file)"]);
     let reason = &err.issues[0].reason;
     assert!(reason.starts_with("line 3, column "), "{reason}");

@@ -171,6 +171,43 @@ where
     }
 }
 
+/// A fresh directory under the system temp dir, named `topicgate-{what}-…`,
+/// removed when the returned guard drops (pass or fail).
+pub fn temp_dir(what: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("topicgate-{what}-"))
+        .tempdir()
+        .expect("temp dir")
+}
+
+/// A file holding `text` in a directory of its own, removed with the guard.
+pub struct TempFile {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl TempFile {
+    pub fn new(what: &str, name: &str, text: &str) -> Self {
+        let dir = temp_dir(what);
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write temp file");
+        Self { _dir: dir, path }
+    }
+}
+
+impl std::ops::Deref for TempFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempFile {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
