@@ -7,19 +7,23 @@
 //! globs), so nothing is parsed per request. The result, [`Config`], is
 //! immutable and shared as `Arc<Config>`; a reload builds a new one.
 
+mod load;
+mod raw;
 pub mod watch;
 
-use std::collections::HashMap;
-use std::ffi::OsString;
+#[cfg(test)]
+use load::resolve_path_from;
+use load::toml_issue;
+pub use load::{load, resolve_path};
+pub use raw::{RawApi, RawBroker, RawConfig, RawLimits, RawRedis, RawServer};
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-use crate::acl::{Acl, RawAcl};
-use crate::auth::{Authenticator, RawAuth};
+use crate::acl::Acl;
+use crate::auth::Authenticator;
 
 /// Environment variable naming the config file when `--config` is absent.
 pub const CONFIG_ENV: &str = "TOPICGATE_CONFIG";
@@ -65,110 +69,6 @@ impl fmt::Display for ConfigError {
             write!(f, "\n  {}: {}", issue.key, issue.reason)?;
         }
         Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawConfig {
-    pub server: RawServer,
-    pub auth: RawAuth,
-    pub broker: RawBroker,
-    pub api: RawApi,
-    pub redis: RawRedis,
-    pub limits: RawLimits,
-    pub acl: RawAcl,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawServer {
-    pub bind: String,
-    pub allowed_origins: Vec<String>,
-    pub idle_timeout_secs: u64,
-    pub shutdown_grace_secs: u64,
-    pub console: bool,
-    pub log_format: String,
-}
-
-impl Default for RawServer {
-    fn default() -> Self {
-        Self {
-            bind: "0.0.0.0:3000".into(),
-            allowed_origins: Vec::new(),
-            idle_timeout_secs: 60,
-            shutdown_grace_secs: 10,
-            console: false,
-            log_format: "text".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawBroker {
-    pub kind: String,
-}
-
-impl Default for RawBroker {
-    fn default() -> Self {
-        Self {
-            kind: "redis".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawApi {
-    pub key: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawRedis {
-    pub url: String,
-    pub password: String,
-    pub pool_size: usize,
-    pub channel_prefix: String,
-    pub reconnect_max_secs: u64,
-    pub nodes: Vec<String>,
-}
-
-impl Default for RawRedis {
-    fn default() -> Self {
-        Self {
-            url: "redis://127.0.0.1:6379/0".into(),
-            password: String::new(),
-            pool_size: 8,
-            channel_prefix: String::new(),
-            reconnect_max_secs: 5,
-            nodes: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawLimits {
-    pub max_message_bytes: usize,
-    pub max_subscriptions: usize,
-    pub send_queue: usize,
-    pub max_connections: usize,
-    pub requests_per_sec: u32,
-    pub request_burst: u32,
-}
-
-impl Default for RawLimits {
-    fn default() -> Self {
-        Self {
-            max_message_bytes: 65536,
-            max_subscriptions: 100,
-            send_queue: 1024,
-            max_connections: 100_000,
-            requests_per_sec: 100,
-            request_burst: 100,
-        }
     }
 }
 
@@ -508,193 +408,6 @@ fn mask_userinfo(url: &str) -> String {
             &rest[at..]
         ),
         None => format!("{}***{}", &url[..scheme_end], &rest[at..]),
-    }
-}
-
-/// toml's message with the line and column it points at. (toml's `Display`
-/// adds a multi-line excerpt of the file, which does not fit one issue line.)
-fn toml_issue(err: &toml::de::Error, text: &str) -> Issue {
-    let reason = match err.span().and_then(|span| text.get(..span.start)) {
-        Some(before) => {
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("line {line}, column {column}: {}", err.message().trim_end())
-        }
-        None => err.message().trim_end().to_string(),
-    };
-    Issue::new("(file)", reason)
-}
-
-/// Where the config comes from: `--config` beats `TOPICGATE_CONFIG` beats the default.
-pub fn resolve_path(cli: Option<&Path>) -> PathBuf {
-    resolve_path_from(cli, std::env::var_os(CONFIG_ENV))
-}
-
-/// [`resolve_path`] with the value of `TOPICGATE_CONFIG` given, for tests.
-fn resolve_path_from(cli: Option<&Path>, from_env: Option<OsString>) -> PathBuf {
-    if let Some(path) = cli {
-        return path.to_path_buf();
-    }
-    match from_env {
-        Some(path) if !path.is_empty() => PathBuf::from(path),
-        _ => PathBuf::from(DEFAULT_PATH),
-    }
-}
-
-/// Reads `path` (which must exist) with `TOPICGATE__…` overrides from `env`
-/// (the process environment when `None`), then compiles it. Problems in the
-/// environment and in the file are reported together.
-pub fn load(path: &Path, env: Option<HashMap<String, String>>) -> Result<Config, ConfigError> {
-    let with_file = |issues: Vec<Issue>| ConfigError {
-        file: Some(path.to_path_buf()),
-        issues,
-    };
-    let (raw, mut issues) = load_raw(path, env);
-    let Some(raw) = raw else {
-        return Err(with_file(issues));
-    };
-    let base_dir = path.parent().unwrap_or(Path::new("."));
-    match raw.compile(base_dir) {
-        Ok(config) if issues.is_empty() => Ok(config),
-        Ok(_) => Err(with_file(issues)),
-        Err(err) => {
-            issues.extend(err.issues);
-            Err(with_file(issues))
-        }
-    }
-}
-
-/// The file with the environment's overrides on top, and the problems found
-/// on the way; `None` when no config could be deserialized at all.
-fn load_raw(path: &Path, env: Option<HashMap<String, String>>) -> (Option<RawConfig>, Vec<Issue>) {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(err) => {
-            let issue = Issue::new("(file)", format!("cannot read {}: {err}", path.display()));
-            return (None, vec![issue]);
-        }
-    };
-    // Parse once with toml itself: its errors carry line and column.
-    if let Err(err) = toml::from_str::<toml::Table>(&text) {
-        return (None, vec![toml_issue(&err, &text)]);
-    }
-    let (overrides, mut issues) = env_overrides(env);
-    // The config crate names the key path of a type error, which a plain
-    // toml deserialization does not.
-    let builder = config::Config::builder()
-        .add_source(config::File::from_str(&text, config::FileFormat::Toml));
-    let raw = overrides
-        .into_iter()
-        .try_fold(builder, |builder, (key, value)| {
-            builder.set_override(key, value)
-        })
-        .and_then(|builder| builder.build())
-        .and_then(|settings| settings.try_deserialize::<RawConfig>());
-    match raw {
-        Ok(raw) => (Some(raw), issues),
-        Err(err) => {
-            issues.push(config_issue(&err));
-            (None, issues)
-        }
-    }
-}
-
-/// `TOPICGATE__A__B=v` as an override of key `a.b`, typed like that key's
-/// default: a string stays text, a number or boolean is parsed, a list is
-/// split on commas. (The config crate's `Environment` guesses the type from
-/// the text instead, which turned a secret `007` into `7`, `1e5` into
-/// `100000` and `TRUE` into `true`, and a one-entry list `7` into a number.)
-fn env_overrides(
-    env: Option<HashMap<String, String>>,
-) -> (Vec<(String, config::Value)>, Vec<Issue>) {
-    let vars: Vec<(String, Option<String>)> = match env {
-        Some(env) => env
-            .into_iter()
-            .map(|(name, value)| (name, Some(value)))
-            .collect(),
-        None => std::env::vars_os()
-            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok())))
-            .collect(),
-    };
-    let defaults = match toml::Value::try_from(RawConfig::default()) {
-        Ok(defaults) => defaults,
-        Err(err) => unreachable!("built-in defaults must serialize: {err}"),
-    };
-    let mut overrides = Vec::new();
-    let mut issues = Vec::new();
-    for (name, value) in vars {
-        let Some(rest) = name
-            .get(..ENV_PREFIX.len())
-            .filter(|prefix| prefix.eq_ignore_ascii_case(ENV_PREFIX))
-            .and_then(|_| name.get(ENV_PREFIX.len()..))
-        else {
-            continue;
-        };
-        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-        let key = path.join(".");
-        let default = path
-            .iter()
-            .try_fold(&defaults, |table, segment| table.get(segment.as_str()));
-        let Some(value) = value else {
-            issues.push(Issue::new(key, format!("{name} is not valid UTF-8")));
-            continue;
-        };
-        // Values of unknown keys are not echoed: they may be secrets.
-        let typed = match default {
-            Some(toml::Value::String(_)) => Ok(config::Value::from(value)),
-            Some(toml::Value::Integer(_)) => value
-                .trim()
-                .parse::<u64>()
-                .map(config::Value::from)
-                .map_err(|_| format!("{name}={value:?} is not a whole number")),
-            Some(toml::Value::Boolean(_)) => match value.trim().to_ascii_lowercase().as_str() {
-                "true" => Ok(config::Value::from(true)),
-                "false" => Ok(config::Value::from(false)),
-                _ => Err(format!("{name}={value:?} is not true or false")),
-            },
-            Some(toml::Value::Array(_)) => {
-                let items: Vec<String> = value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|item| !item.is_empty())
-                    .map(String::from)
-                    .collect();
-                Ok(config::Value::from(items))
-            }
-            _ => Err(format!("{name} does not name a config key")),
-        };
-        match typed {
-            Ok(typed) => overrides.push((key, typed)),
-            Err(reason) => issues.push(Issue::new(key, reason)),
-        }
-    }
-    // A map has no order; reports and overrides should not depend on it.
-    overrides.sort_by(|a, b| a.0.cmp(&b.0));
-    issues.sort_by(|a, b| a.key.cmp(&b.key));
-    (overrides, issues)
-}
-
-/// Turns the config crate's error into a key + reason where it names one.
-fn config_issue(err: &config::ConfigError) -> Issue {
-    let text = err.to_string();
-    // "<reason> for key `<key>`[ in <origin>]"
-    let (key, reason) = match text
-        .rsplit_once(" for key `")
-        .and_then(|(reason, rest)| Some((rest.split_once('`')?.0, reason)))
-    {
-        Some((key, reason)) => (Some(key.to_string()), reason.to_string()),
-        None => (None, text),
-    };
-    // serde names an unknown key only in its message: move it into the path.
-    let unknown = reason
-        .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split_once('`'))
-        .map(|(field, _)| field.to_string());
-    match (key, unknown) {
-        (Some(key), Some(field)) => Issue::new(format!("{key}.{field}"), reason),
-        (None, Some(field)) => Issue::new(field, reason),
-        (Some(key), None) => Issue::new(key, reason),
-        (None, None) => Issue::new("(file)", reason),
     }
 }
 

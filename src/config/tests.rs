@@ -1,3 +1,5 @@
+use std::collections::HashMap;
+
 use super::*;
 
 use serde_json::{Map, Value, json};
