@@ -144,22 +144,7 @@ async fn a_resharded_slot_takes_its_topics_to_the_new_owner() {
     c.subscribed(&staying).await;
     assert_eq!(cluster.shard_numsub(0, &moving), 1);
 
-    let (from, to) = (cluster.node_id(0), cluster.node_id(1));
-    common::cluster::redis_cli(
-        &[
-            "--cluster",
-            "reshard",
-            &format!("127.0.0.1:{}", cluster.nodes[0].port),
-            "--cluster-from",
-            &from,
-            "--cluster-to",
-            &to,
-            "--cluster-slots",
-            "20",
-            "--cluster-yes",
-        ]
-        .map(String::from),
-    );
+    cluster.reshard(0, 1, 20);
     let slot = topicgate::broker::cluster::key_slot(moving.as_bytes());
     assert_eq!(cluster.owner_of_slot(slot), Some(1), "the slot moved");
 
@@ -317,22 +302,7 @@ async fn a_subscribe_answered_moved_follows_the_slot_to_its_new_owner() {
     // The slot moves while no topic of it is held: no SUNSUBSCRIBE tells
     // the gateway, whose slot map still names node 0 (it re-reads the map
     // every 5 s; the subscribe below comes well before that).
-    let (from, to) = (cluster.node_id(0), cluster.node_id(1));
-    common::cluster::redis_cli(
-        &[
-            "--cluster",
-            "reshard",
-            &format!("127.0.0.1:{}", cluster.nodes[0].port),
-            "--cluster-from",
-            &from,
-            "--cluster-to",
-            &to,
-            "--cluster-slots",
-            "20",
-            "--cluster-yes",
-        ]
-        .map(String::from),
-    );
+    cluster.reshard(0, 1, 20);
     let mut c = Client::connect(gateway.addr).await;
     c.login("alice").await;
     c.subscribed(&topic).await;

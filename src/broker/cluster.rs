@@ -24,7 +24,9 @@ use redis::{ConnectionAddr, ConnectionInfo, ProtocolVersion};
 use tokio::sync::{OnceCell, mpsc, oneshot, watch};
 use tokio::time::timeout;
 
-use super::redis::{IO_TIMEOUT, describe, lock, unavailable, url_info};
+use super::redis::{
+    IO_TIMEOUT, ask_actor, changed_settings, describe, lock, publish_within, unavailable, url_info,
+};
 use super::{Broker, BrokerError, Deliver};
 use crate::config::{Config, Redis};
 use crate::metrics::Metrics;
@@ -192,16 +194,12 @@ impl ClusterBroker {
 
 impl Broker for ClusterBroker {
     fn subscribe(&self, topic: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
-        let (tx, rx) = oneshot::channel();
-        let sent = self
-            .commands
-            .send(Command::Subscribe(topic.to_string(), tx));
-        async move {
-            sent.map_err(|_| unavailable("redis cluster broker stopped"))?;
-            rx.await
-                .unwrap_or_else(|_| Err(unavailable("redis cluster broker stopped")))
-        }
-        .boxed()
+        let topic = topic.to_string();
+        ask_actor(
+            &self.commands,
+            |reply| Command::Subscribe(topic, reply),
+            "redis cluster broker stopped",
+        )
     }
 
     fn unsubscribe(&self, topic: &str) {
@@ -215,23 +213,20 @@ impl Broker for ClusterBroker {
             let mut connection = publisher.connection().await?;
             let mut command = redis::cmd("SPUBLISH");
             command.arg(channel).arg(payload.as_ref());
-            match timeout(IO_TIMEOUT, command.query_async::<i64>(&mut connection)).await {
-                Ok(Ok(_receivers)) => Ok(()),
-                Ok(Err(err)) => Err(unavailable(describe(err))),
-                Err(_) => Err(unavailable("redis cluster did not answer SPUBLISH in time")),
-            }
+            publish_within(
+                command.query_async(&mut connection),
+                "redis cluster did not answer SPUBLISH in time",
+            )
+            .await
         }
         .boxed()
     }
 
     fn reconfigure(&self, config: &Config) {
-        let mut settings = lock(&self.settings);
-        if *settings == config.redis {
-            return;
+        if let Some(settings) = changed_settings(&self.settings, config) {
+            *lock(&self.publisher) = Arc::new(Publisher::new(&settings));
+            let _ = self.commands.send(Command::Reconfigure(settings));
         }
-        *settings = config.redis.clone();
-        *lock(&self.publisher) = Arc::new(Publisher::new(&settings));
-        let _ = self.commands.send(Command::Reconfigure(settings.clone()));
     }
 
     fn ready(&self) -> watch::Receiver<bool> {

@@ -160,6 +160,47 @@ pub(super) fn url_info(url: &str, password: Option<&str>) -> Result<ConnectionIn
     })
 }
 
+/// Asks a broker actor to subscribe (`command` wraps the reply channel) and
+/// waits for its answer; `stopped` is the error when the actor is gone.
+pub(super) fn ask_actor<C>(
+    commands: &mpsc::UnboundedSender<C>,
+    command: impl FnOnce(oneshot::Sender<Result<(), BrokerError>>) -> C,
+    stopped: &'static str,
+) -> BoxFuture<'static, Result<(), BrokerError>> {
+    let (tx, rx) = oneshot::channel();
+    let sent = commands.send(command(tx)).is_ok();
+    async move {
+        if !sent {
+            return Err(unavailable(stopped));
+        }
+        rx.await.unwrap_or_else(|_| Err(unavailable(stopped)))
+    }
+    .boxed()
+}
+
+/// Runs a publish `query` within [`IO_TIMEOUT`]; `late` is the error when
+/// Redis does not answer in time.
+pub(super) async fn publish_within<F>(query: F, late: &'static str) -> Result<(), BrokerError>
+where
+    F: std::future::Future<Output = redis::RedisResult<i64>>,
+{
+    match timeout(IO_TIMEOUT, query).await {
+        Ok(Ok(_receivers)) => Ok(()),
+        Ok(Err(err)) => Err(unavailable(describe(err))),
+        Err(_) => Err(unavailable(late)),
+    }
+}
+
+/// Takes `config`'s `[redis]` into `settings` when it differs; the new
+/// settings, for the broker to pass on to its publisher and actor.
+pub(super) fn changed_settings(settings: &Mutex<Redis>, config: &Config) -> Option<Redis> {
+    let mut settings = lock(settings);
+    (*settings != config.redis).then(|| {
+        *settings = config.redis.clone();
+        settings.clone()
+    })
+}
+
 pub(super) fn unavailable(reason: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(reason.to_string())
 }
@@ -172,16 +213,12 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Broker for RedisBroker {
     fn subscribe(&self, topic: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
-        let (tx, rx) = oneshot::channel();
-        let sent = self
-            .commands
-            .send(Command::Subscribe(topic.to_string(), tx));
-        async move {
-            sent.map_err(|_| unavailable("redis broker stopped"))?;
-            rx.await
-                .unwrap_or_else(|_| Err(unavailable("redis broker stopped")))
-        }
-        .boxed()
+        let topic = topic.to_string();
+        ask_actor(
+            &self.commands,
+            |reply| Command::Subscribe(topic, reply),
+            "redis broker stopped",
+        )
     }
 
     fn unsubscribe(&self, topic: &str) {
@@ -196,24 +233,20 @@ impl Broker for RedisBroker {
             let mut conn = pool.get().await.map_err(unavailable)?;
             let mut command = redis::cmd("PUBLISH");
             command.arg(channel).arg(payload.as_ref());
-            let publish = command.query_async::<i64>(&mut conn);
-            match timeout(IO_TIMEOUT, publish).await {
-                Ok(Ok(_receivers)) => Ok(()),
-                Ok(Err(err)) => Err(unavailable(err)),
-                Err(_) => Err(unavailable("redis did not answer PUBLISH in time")),
-            }
+            publish_within(
+                command.query_async(&mut conn),
+                "redis did not answer PUBLISH in time",
+            )
+            .await
         }
         .boxed()
     }
 
     fn reconfigure(&self, config: &Config) {
-        let mut settings = lock(&self.settings);
-        if *settings == config.redis {
-            return;
+        if let Some(settings) = changed_settings(&self.settings, config) {
+            *lock(&self.publisher) = Arc::new(Publisher::new(&settings));
+            let _ = self.commands.send(Command::Reconfigure(settings));
         }
-        *settings = config.redis.clone();
-        *lock(&self.publisher) = Arc::new(Publisher::new(&settings));
-        let _ = self.commands.send(Command::Reconfigure(settings.clone()));
     }
 
     fn ready(&self) -> watch::Receiver<bool> {

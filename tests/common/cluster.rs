@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use topicgate::broker::cluster::key_slot;
 use topicgate::config::{Config, RawConfig};
 
-use super::{RedisServer, compile, eventually};
+use super::{RedisServer, compile, eventually, with_test_acl};
 
 /// Under the default 15 s, so a node the tests kill and restart is not
 /// failed over, and a failover the tests ask for completes quickly.
@@ -221,6 +221,25 @@ impl RedisCluster {
             .unwrap_or_else(|_| panic!("SPUBLISH answered {text:?}"))
     }
 
+    /// `redis-cli --cluster reshard`: moves `slots` slots (the lowest first)
+    /// from node `from` to node `to`.
+    pub fn reshard(&self, from: usize, to: usize, slots: usize) {
+        let mut args = self.cli_base();
+        args.extend([
+            "--cluster".to_string(),
+            "reshard".to_string(),
+            format!("127.0.0.1:{}", self.nodes[from].port),
+            "--cluster-from".to_string(),
+            self.node_id(from),
+            "--cluster-to".to_string(),
+            self.node_id(to),
+            "--cluster-slots".to_string(),
+            slots.to_string(),
+            "--cluster-yes".to_string(),
+        ]);
+        redis_cli(&args);
+    }
+
     /// `PUBSUB SHARDNUMSUB channel` on `node`.
     pub fn shard_numsub(&self, node: usize, channel: &str) -> i64 {
         let text = self.cli(node, &["PUBSUB", "SHARDNUMSUB", channel]);
@@ -248,14 +267,7 @@ impl RedisCluster {
         raw.broker.kind = "redis-cluster".into();
         raw.redis.nodes = self.seed_urls();
         raw.redis.reconnect_max_secs = 1;
-        if raw.acl.rules.is_empty() {
-            raw.acl = RawConfig::from_toml(
-                "[[acl.rules]]\ntopics = [\"t*\", \"chat-*\"]\neffect = \"allow\"\n",
-            )
-            .expect("test acl parses")
-            .acl;
-        }
-        compile(raw)
+        compile(with_test_acl(raw))
     }
 }
 

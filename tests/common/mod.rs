@@ -240,6 +240,11 @@ pub fn base_config(redis: Option<&RedisServer>, extra: &str) -> Config {
         }
         None => raw.broker.kind = "memory".into(),
     }
+    compile(with_test_acl(raw))
+}
+
+/// Topics starting with `t` or `chat-` allowed, unless `raw` has rules.
+pub fn with_test_acl(mut raw: RawConfig) -> RawConfig {
     if raw.acl.rules.is_empty() {
         raw.acl = RawConfig::from_toml(
             "[[acl.rules]]\ntopics = [\"t*\", \"chat-*\"]\neffect = \"allow\"\n",
@@ -247,7 +252,7 @@ pub fn base_config(redis: Option<&RedisServer>, extra: &str) -> Config {
         .expect("test acl parses")
         .acl;
     }
-    compile(raw)
+    raw
 }
 
 pub async fn start_gateway(config: Config) -> Gateway {
