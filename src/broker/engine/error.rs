@@ -93,11 +93,21 @@ pub(crate) fn from_redis(err: &RedisError, addr: &str, what: &'static str) -> Br
     BrokerError::Refused { addr, what, reason }
 }
 
-/// What an I/O failure was, in a few words where the error says enough.
+/// What an I/O failure was, in a few words.
 fn io_cause(err: &RedisError) -> String {
     if err.is_connection_refusal() {
-        "connection refused".into()
-    } else if err.is_connection_dropped() {
+        return "connection refused".into();
+    }
+    // A wrapped failure (e.g. a cluster's initial connections) carries the
+    // system's words as its detail: keep them, without the errno.
+    if let Some(detail) = err.detail() {
+        let words = detail.split(" (os error").next().unwrap_or(detail).trim();
+        let mut chars = words.chars();
+        if let Some(first) = chars.next() {
+            return first.to_lowercase().chain(chars).collect();
+        }
+    }
+    if err.is_connection_dropped() {
         "connection lost".into()
     } else {
         // e.g. a name that does not resolve: the resolver's own words.

@@ -31,6 +31,20 @@ fn a_refused_connection_is_not_connected_with_the_address() {
 }
 
 #[test]
+fn a_wrapped_io_failure_keeps_the_system_s_words() {
+    let err = RedisError::from((
+        ErrorKind::Io,
+        "Failed to create initial connections",
+        "Connection refused (os error 111)".to_string(),
+    ));
+    let mapped = from_redis(&err, ADDR, "the connection attempt");
+    assert_eq!(
+        mapped.to_string(),
+        "redis unavailable at 10.0.0.1:6379: connection refused"
+    );
+}
+
+#[test]
 fn a_dropped_connection_is_not_connected() {
     let err = RedisError::from(io::Error::from(io::ErrorKind::ConnectionReset));
     assert_eq!(
