@@ -14,8 +14,8 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use serde_json::{Map, Value, json};
 use topicgate::acl::{Acl, RawAcl, RawRule};
 use topicgate::auth::Identity;
-use topicgate::broker::Deliver;
 use topicgate::broker::memory::MemoryBroker;
+use topicgate::broker::{Deliver, Delivery};
 use topicgate::hub::{ClientHandle, Hub, Registry, SendQueue};
 use topicgate::metrics::Metrics;
 use topicgate::protocol::{self, Frame};
@@ -177,7 +177,7 @@ fn fanout(c: &mut Criterion) {
             let mut timed = Duration::ZERO;
             for _ in 0..iters {
                 let start = Instant::now();
-                registry.deliver(black_box("chat-room"), black_box(payload));
+                registry.deliver(black_box(Delivery::new("chat-room", payload)));
                 timed += start.elapsed();
                 let frames = drain(&mut receivers);
                 assert_eq!(frames, SUBSCRIBERS, "every subscriber gets the frame");

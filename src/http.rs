@@ -204,7 +204,7 @@ async fn publish_reply(authorization: Option<String>, body: &[u8], shared: &Shar
         .publish(&request.topic, payload.into())
         .await
     {
-        Ok(()) => {
+        Ok(_position) => {
             let mut response = Response::new(Bytes::new().into());
             *response.status_mut() = StatusCode::NO_CONTENT;
             response

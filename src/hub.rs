@@ -2,10 +2,10 @@
 //!
 //! The first local subscriber of a topic makes the hub subscribe at the
 //! broker; later ones wait for that same confirmation; the last one to leave
-//! unsubscribes (SPEC §3). A broker message is encoded into its frame once
+//! unsubscribes. A broker message is encoded into its frame once
 //! and the same bytes are pushed to every subscriber's bounded queue with
 //! `try_send`: the hub never waits for a socket, and a full queue closes that
-//! client as a slow consumer (SPEC §1) without delaying anyone else.
+//! client as a slow consumer (`docs/PROTOCOL.md`) without delaying anyone else.
 
 mod queue;
 
@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 pub use queue::{PushError, SendQueue};
 
-use crate::broker::{Broker, BrokerError, Deliver};
+use crate::broker::{Broker, BrokerError, Deliver, Delivery};
 use crate::metrics::Metrics;
 use crate::protocol::{Disconnect, Frame, encode_delivery};
 
@@ -140,11 +140,7 @@ impl Registry {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
-        // A panic while holding the lock cannot leave the map half-edited in
-        // a way that matters more than stopping deliveries would.
-        self.topics
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.topics)
     }
 
     /// Topics with at least one local subscriber or a pending subscribe.
@@ -154,7 +150,10 @@ impl Registry {
 }
 
 impl Deliver for Registry {
-    fn deliver(&self, topic: &str, payload: &[u8]) {
+    /// Sends the topic and snapshot; the delivery's position is not part
+    /// of the frame.
+    fn deliver(&self, delivery: Delivery<'_>) {
+        let Delivery { topic, payload, .. } = delivery;
         let arrived = Instant::now();
         let subscribers = match self.lock().get(topic) {
             Some(Entry::Active(subscribers)) => subscribers.clone(),
@@ -215,11 +214,9 @@ impl Hub {
                 // While the broker (or this topic's shard) is down the topic
                 // is held but not live at Redis: confirming now would promise
                 // deliveries that cannot arrive until the resubscription
-                // (SPEC §1).
-                Some(Entry::Active(_)) if !self.broker.is_live(topic) => {
-                    return Err(BrokerError::Unavailable("broker is not connected".into()));
-                }
+                // (a subscribe is confirmed only once Redis holds the topic).
                 Some(Entry::Active(subscribers)) => {
+                    self.broker.live(topic)?;
                     client.push(waiter.ack);
                     Arc::make_mut(subscribers).push(waiter.client);
                     return Ok(());
@@ -238,9 +235,8 @@ impl Hub {
                 }
             }
         }
-        result
-            .await
-            .unwrap_or_else(|_| Err(BrokerError::Unavailable("subscription abandoned".into())))
+        // The confirming task only goes away with the runtime.
+        result.await.unwrap_or(Err(BrokerError::Stopped))
     }
 
     fn activate(&self, topic: &str, outcome: Result<(), BrokerError>) {

@@ -36,3 +36,4 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+mod sync;

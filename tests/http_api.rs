@@ -97,6 +97,26 @@ async fn publish_endpoint_is_503_while_redis_is_down() {
 }
 
 #[tokio::test]
+async fn publish_503_names_the_redis_address_without_credentials() {
+    let port = free_port();
+    let config = config(&format!(
+        "[redis]\nurl = \"redis://:pw-in-url@127.0.0.1:{port}/0\"\n[api]\nkey = \"{KEY}\"\n"
+    ));
+    // Nothing listens there: the gateway serves without waiting for Redis.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway = topicgate::server::Gateway::start(listener, config).unwrap();
+    let body = json!({"topic":"test-x","data":1}).to_string();
+    let (status, text) = post_publish(gateway.addr, Some(KEY), &body).await;
+    assert_eq!(status, 503, "{text}");
+    let reply: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(reply["error"], "unavailable");
+    assert_eq!(
+        reply["detail"],
+        format!("redis unavailable at 127.0.0.1:{port}: connection refused")
+    );
+}
+
+#[tokio::test]
 async fn publish_command_posts_to_a_running_gateway() {
     let gateway = start_gateway(base_config(None, &format!("[api]\nkey = \"{KEY}\"\n"))).await;
     let mut c = Client::connect(gateway.addr).await;

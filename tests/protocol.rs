@@ -59,14 +59,15 @@ impl Harness {
             Some(conn) => {
                 redis_publish(&mut conn.clone(), topic, payload).await;
             }
-            None => self
-                .gateway
-                .shared
-                .hub
-                .broker()
-                .publish(topic, payload.as_bytes().to_vec().into())
-                .await
-                .expect("memory publish"),
+            None => {
+                self.gateway
+                    .shared
+                    .hub
+                    .broker()
+                    .publish(topic, payload.as_bytes().to_vec().into())
+                    .await
+                    .expect("memory publish");
+            }
         }
     }
 }

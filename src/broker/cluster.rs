@@ -12,8 +12,7 @@
 //! through the redis crate's cluster connection, which follows MOVED on its
 //! own.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,14 +20,11 @@ use futures_util::future::{BoxFuture, FutureExt};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{ConnectionAddr, ConnectionInfo, ProtocolVersion};
-use tokio::sync::{OnceCell, mpsc, oneshot, watch};
-use tokio::time::timeout;
+use tokio::sync::OnceCell;
 
-use super::redis::{
-    IO_TIMEOUT, ask_actor, changed_settings, describe, lock, publish_within, unavailable, url_info,
-};
-use super::{Broker, BrokerError, Deliver};
-use crate::config::{Config, Redis};
+use super::engine::{BrokerError, Handle, IO_TIMEOUT, Publish, Spawn, addr_of, url_info, within};
+use super::{Deliver, Position};
+use crate::config::Redis;
 use crate::metrics::Metrics;
 
 mod actor;
@@ -39,59 +35,95 @@ pub use slots::key_slot;
 /// A cluster node, named `host:port` as the cluster announces it.
 type Node = Arc<str>;
 
-/// What the broker handle asks of the actor, in order.
-enum Command {
-    Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
-    Unsubscribe(String),
-    Reconfigure(Redis),
-}
+/// The Redis Cluster broker: the shared handle over this engine's actor.
+pub(crate) type ClusterBroker = Handle<Publisher>;
 
-pub struct ClusterBroker {
-    /// Ordered requests to the actor; unbounded for the reason given on
-    /// the single-Redis broker (the hub sends at most one per transition).
-    commands: mpsc::UnboundedSender<Command>,
-    ready: watch::Receiver<bool>,
-    /// Where SPUBLISH goes; replaced whole when `[redis]` changes.
-    publisher: Mutex<Arc<Publisher>>,
-    settings: Mutex<Redis>,
-    /// Held topics not subscribed on their slot's owner right now.
-    waiting: Arc<Mutex<HashSet<String>>>,
+/// Starts the broker; its actor connects at once and keeps retrying while
+/// the cluster is away.
+pub(crate) fn start(
+    settings: Redis,
+    deliver: Arc<dyn Deliver>,
+    metrics: Arc<Metrics>,
+) -> ClusterBroker {
+    Handle::start(
+        "redis-cluster",
+        settings,
+        deliver,
+        metrics,
+        true,
+        |spawn: Spawn| {
+            let target = Target::new(&spawn.settings)?;
+            actor::spawn(target, spawn);
+            Ok(())
+        },
+    )
 }
 
 /// The SPUBLISH path: a cluster connection, made on first use.
-struct Publisher {
+pub(crate) struct Publisher {
     /// `Err` holds why the client could not be built.
-    client: Result<ClusterClient, String>,
+    client: Result<ClusterClient, BrokerError>,
     connection: OnceCell<ClusterConnection>,
     prefix: Arc<str>,
+    /// The seed nodes' `host:port`, for errors.
+    addr: String,
 }
 
-impl Publisher {
+impl Publish for Publisher {
     fn new(settings: &Redis) -> Self {
-        let client = Seeds::new(settings).and_then(|seeds| {
+        let seeds = Seeds::new(settings);
+        let addr = seeds
+            .as_ref()
+            .map_or_else(|_| "an unusable redis.nodes".to_string(), Seeds::addr);
+        let client = seeds.and_then(|seeds| {
             ClusterClient::builder(seeds.infos)
                 .connection_timeout(IO_TIMEOUT)
                 .response_timeout(IO_TIMEOUT)
                 .build()
-                .map_err(describe)
+                .map_err(|err| BrokerError::Settings(err.to_string()))
         });
         Self {
             client,
             connection: OnceCell::new(),
             prefix: settings.channel_prefix.as_str().into(),
+            addr,
         }
     }
 
+    fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn publish(
+        self: Arc<Self>,
+        topic: String,
+        payload: Bytes,
+    ) -> BoxFuture<'static, Result<Option<Position>, BrokerError>> {
+        async move {
+            let mut connection = self.connection().await?;
+            let mut command = redis::cmd("SPUBLISH");
+            command
+                .arg(format!("{}{topic}", self.prefix))
+                .arg(payload.as_ref());
+            let _receivers: i64 =
+                within(command.query_async(&mut connection), &self.addr, "SPUBLISH").await?;
+            Ok(None)
+        }
+        .boxed()
+    }
+}
+
+impl Publisher {
     async fn connection(&self) -> Result<ClusterConnection, BrokerError> {
-        let client = self.client.as_ref().map_err(unavailable)?;
+        let client = self.client.as_ref().map_err(Clone::clone)?;
         let connection = self
             .connection
-            .get_or_try_init(|| async {
-                match timeout(IO_TIMEOUT, client.get_async_connection()).await {
-                    Ok(Ok(connection)) => Ok(connection),
-                    Ok(Err(err)) => Err(unavailable(describe(err))),
-                    Err(_) => Err(unavailable("redis cluster did not answer in time")),
-                }
+            .get_or_try_init(|| {
+                within(
+                    client.get_async_connection(),
+                    &self.addr,
+                    "the connection attempt",
+                )
             })
             .await?;
         Ok(connection.clone())
@@ -104,16 +136,24 @@ struct Seeds {
 }
 
 impl Seeds {
-    fn new(settings: &Redis) -> Result<Self, String> {
+    fn new(settings: &Redis) -> Result<Self, BrokerError> {
         let infos = settings
             .nodes
             .iter()
             .map(|url| url_info(url, settings.password.as_deref()))
             .collect::<Result<Vec<_>, _>>()?;
         if infos.is_empty() {
-            return Err("redis.nodes names no seed node".into());
+            return Err(BrokerError::Settings(
+                "redis.nodes names no seed node".into(),
+            ));
         }
         Ok(Self { infos })
+    }
+
+    /// The seeds' `host:port`, for errors: no credentials.
+    fn addr(&self) -> String {
+        let addrs: Vec<String> = self.infos.iter().map(addr_of).collect();
+        addrs.join(", ")
     }
 
     /// How to reach a node the cluster announced: the first seed's
@@ -152,7 +192,7 @@ struct Target {
 }
 
 impl Target {
-    fn new(settings: &Redis) -> Result<Self, String> {
+    fn new(settings: &Redis) -> Result<Self, BrokerError> {
         Ok(Self {
             seeds: Seeds::new(settings)?,
             prefix: settings.channel_prefix.as_str().into(),
@@ -163,83 +203,6 @@ impl Target {
 
     fn channel(&self, topic: &str) -> String {
         format!("{}{topic}", self.prefix)
-    }
-}
-
-impl ClusterBroker {
-    /// Spawns the actor; it connects at once and keeps retrying while the
-    /// cluster is away.
-    pub fn start(settings: Redis, deliver: Arc<dyn Deliver>, metrics: Arc<Metrics>) -> Self {
-        let (commands, inbox) = mpsc::unbounded_channel();
-        let (ready_tx, ready) = watch::channel(false);
-        let waiting = Arc::new(Mutex::new(HashSet::new()));
-        match Target::new(&settings) {
-            Ok(target) => {
-                actor::spawn(target, deliver, waiting.clone(), ready_tx, metrics, inbox);
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "redis cluster broker cannot start");
-                drop(ready_tx);
-            }
-        }
-        Self {
-            commands,
-            ready,
-            publisher: Mutex::new(Arc::new(Publisher::new(&settings))),
-            settings: Mutex::new(settings),
-            waiting,
-        }
-    }
-}
-
-impl Broker for ClusterBroker {
-    fn subscribe(&self, topic: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
-        let topic = topic.to_string();
-        ask_actor(
-            &self.commands,
-            |reply| Command::Subscribe(topic, reply),
-            "redis cluster broker stopped",
-        )
-    }
-
-    fn unsubscribe(&self, topic: &str) {
-        let _ = self.commands.send(Command::Unsubscribe(topic.to_string()));
-    }
-
-    fn publish(&self, topic: &str, payload: Bytes) -> BoxFuture<'static, Result<(), BrokerError>> {
-        let publisher = lock(&self.publisher).clone();
-        let channel = format!("{}{topic}", publisher.prefix);
-        async move {
-            let mut connection = publisher.connection().await?;
-            let mut command = redis::cmd("SPUBLISH");
-            command.arg(channel).arg(payload.as_ref());
-            publish_within(
-                command.query_async(&mut connection),
-                "redis cluster did not answer SPUBLISH in time",
-            )
-            .await
-        }
-        .boxed()
-    }
-
-    fn reconfigure(&self, config: &Config) {
-        if let Some(settings) = changed_settings(&self.settings, config) {
-            *lock(&self.publisher) = Arc::new(Publisher::new(&settings));
-            let _ = self.commands.send(Command::Reconfigure(settings));
-        }
-    }
-
-    fn ready(&self) -> watch::Receiver<bool> {
-        self.ready.clone()
-    }
-
-    /// Per topic: while one shard is away, topics on the others stay live.
-    fn is_live(&self, topic: &str) -> bool {
-        *self.ready.borrow() || !lock(&self.waiting).contains(topic)
-    }
-
-    fn kind(&self) -> &'static str {
-        "redis-cluster"
     }
 }
 

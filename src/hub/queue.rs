@@ -70,9 +70,7 @@ impl SendQueue {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every critical section leaves the state whole, even on a panic.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Queues a frame without waiting.

@@ -2,8 +2,8 @@
 //! slot map, one subscribing connection per master and where each held
 //! topic is subscribed, and reconciles them with the cluster.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -11,43 +11,39 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout};
 
 use super::slots::{SlotMap, key_slot};
-use super::{Command, Node, Target};
-use crate::broker::redis::{BACKOFF_START, IO_TIMEOUT, describe, jitter, lock, unavailable};
-use crate::broker::{BrokerError, Deliver};
+use super::{Node, Target};
+use crate::broker::Deliver;
+use crate::broker::engine::{Backoff, BrokerError, Command, IO_TIMEOUT, Spawn, from_redis, within};
 use crate::config::Redis;
 use crate::metrics::Metrics;
 
 mod reconcile;
+mod topics;
+
+use topics::Topics;
 
 /// How often a healthy replica re-reads the slot map and pings each master.
 const TOPOLOGY_CHECK: Duration = Duration::from_secs(5);
 
 /// Starts the actor on `target`; it connects at once and keeps retrying.
-pub(super) fn spawn(
-    target: Target,
-    deliver: Arc<dyn Deliver>,
-    waiting: Arc<Mutex<HashSet<String>>>,
-    ready: watch::Sender<bool>,
-    metrics: Arc<Metrics>,
-    inbox: mpsc::UnboundedReceiver<Command>,
-) {
+pub(super) fn spawn(target: Target, spawn: Spawn) {
     let (events_tx, events) = mpsc::unbounded_channel();
     let actor = Actor {
         target,
-        deliver,
+        deliver: spawn.deliver,
         topics: Topics {
             placed: HashMap::new(),
-            waiting,
+            waiting: spawn.waiting.unwrap_or_default(),
         },
         slots: None,
         links: HashMap::new(),
         leaving: HashMap::new(),
-        ready,
+        ready: spawn.ready,
         generation: 0,
         events_tx,
-        metrics,
+        metrics: spawn.metrics,
     };
-    tokio::spawn(actor.run(inbox, events));
+    tokio::spawn(actor.run(spawn.inbox, events));
 }
 
 /// A subscribing connection to one master.
@@ -88,7 +84,7 @@ impl Actor {
         mut inbox: mpsc::UnboundedReceiver<Command>,
         mut events: mpsc::UnboundedReceiver<Event>,
     ) {
-        let mut backoff = BACKOFF_START;
+        let mut backoff = Backoff::new();
         let mut next_check = Instant::now();
         let mut was_connected = false;
         // Set when something broke, so the recovery is logged and counted.
@@ -110,16 +106,15 @@ impl Actor {
                         }
                         was_connected = true;
                         disturbed = false;
-                        backoff = BACKOFF_START;
+                        backoff.reset();
                         next_check = Instant::now() + TOPOLOGY_CHECK;
                     }
                     Err(err) => {
                         self.ready.send_replace(false);
                         disturbed = true;
-                        let delay = jitter(backoff);
+                        let delay = backoff.delay(self.target.reconnect_max);
                         tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "redis cluster unavailable");
                         next_check = Instant::now() + delay;
-                        backoff = (backoff * 2).min(self.target.reconnect_max);
                     }
                 }
                 continue;
@@ -136,7 +131,7 @@ impl Actor {
             if stale {
                 self.ready.send_replace(false);
                 disturbed = true;
-                backoff = BACKOFF_START;
+                backoff.reset();
                 next_check = Instant::now();
             }
         }
@@ -239,13 +234,14 @@ impl Actor {
         match self.topics.get(topic) {
             Some(Some(_)) => return (Ok(()), false),
             // Held, and waiting for the reconcile to subscribe it again.
-            Some(None) => return (Err(unavailable("redis cluster is resubscribing")), false),
+            Some(None) => return (Err(self.not_connected(topic)), false),
             None => {}
         }
         let mut result = self.subscribe_on_owner(topic).await;
         if let Err(SubscribeError::Moved) = result {
             if let Err(err) = self.reconcile().await {
-                return (Err(unavailable(err)), true);
+                tracing::warn!(error = %err, "redis cluster slot moved; reconcile failed");
+                return (Err(BrokerError::SlotMoving), true);
             }
             result = self.subscribe_on_owner(topic).await;
         }
@@ -254,30 +250,40 @@ impl Actor {
                 self.topics.place(topic, node);
                 (Ok(()), false)
             }
-            Err(SubscribeError::Moved) => (
-                Err(unavailable("redis cluster slot is moving; try again")),
-                true,
-            ),
-            Err(SubscribeError::Unavailable(reason)) => (Err(unavailable(reason)), false),
-            Err(SubscribeError::LinkFailed(node, reason)) => {
-                tracing::warn!(node = %node, error = %reason, "subscribe failed; reconnecting to that node");
+            Err(SubscribeError::Moved) => (Err(BrokerError::SlotMoving), true),
+            Err(SubscribeError::Unavailable(err)) => (Err(err), false),
+            Err(SubscribeError::LinkFailed(node, err)) => {
+                tracing::warn!(node = %node, error = %err, "subscribe failed; reconnecting to that node");
                 self.drop_link(&node);
-                (Err(unavailable(reason)), true)
+                (Err(err), true)
             }
+        }
+    }
+
+    /// Why a held topic that waits for its shard cannot be confirmed: its
+    /// slot owner, where known, is not connected.
+    fn not_connected(&self, topic: &str) -> BrokerError {
+        let channel = self.target.channel(topic);
+        let owner = self
+            .slots
+            .as_ref()
+            .and_then(|slots| slots.owner(key_slot(channel.as_bytes())));
+        match owner {
+            Some(node) => BrokerError::not_connected(node.as_ref()),
+            None => BrokerError::not_connected(self.target.seeds.addr()),
         }
     }
 
     async fn subscribe_on_owner(&self, topic: &str) -> Result<Node, SubscribeError> {
         let channel = self.target.channel(topic);
-        let slots = self
-            .slots
-            .as_ref()
-            .ok_or_else(|| SubscribeError::Unavailable("redis cluster is not connected".into()))?;
-        let node = slots.owner(key_slot(channel.as_bytes())).ok_or_else(|| {
-            SubscribeError::Unavailable("no master serves this topic's slot".into())
+        let slots = self.slots.as_ref().ok_or_else(|| {
+            SubscribeError::Unavailable(BrokerError::not_connected(self.target.seeds.addr()))
         })?;
+        let node = slots
+            .owner(key_slot(channel.as_bytes()))
+            .ok_or(SubscribeError::Unavailable(BrokerError::NoSlotOwner))?;
         let link = self.links.get(node).ok_or_else(|| {
-            SubscribeError::Unavailable(format!("redis cluster node {node} is not connected"))
+            SubscribeError::Unavailable(BrokerError::not_connected(node.as_ref()))
         })?;
         ssubscribe(link.connection.clone(), channel, node.clone())
             .await
@@ -298,65 +304,7 @@ impl Actor {
         let mut command = redis::cmd("SUNSUBSCRIBE");
         command.arg(channel);
         // A failure means the link is dying; its push handler reports it.
-        let _ = timeout(IO_TIMEOUT, command.exec_async(&mut connection)).await;
-    }
-}
-
-/// Every topic this replica holds and the node it is subscribed on
-/// (`None` until it is subscribed on its slot's owner again). The `None`
-/// ones are mirrored in `waiting`, shared with the broker handle, so the hub
-/// can tell a held topic that is live from one that waits for its shard.
-struct Topics {
-    placed: HashMap<String, Option<Node>>,
-    waiting: Arc<Mutex<HashSet<String>>>,
-}
-
-impl Topics {
-    fn get(&self, topic: &str) -> Option<&Option<Node>> {
-        self.placed.get(topic)
-    }
-
-    fn len(&self) -> usize {
-        self.placed.len()
-    }
-
-    /// Holds `topic`, subscribed on `node`.
-    fn place(&mut self, topic: &str, node: Node) {
-        self.placed.insert(topic.to_string(), Some(node));
-        lock(&self.waiting).remove(topic);
-    }
-
-    /// `topic`, if held, waits to be subscribed again.
-    fn unplace(&mut self, topic: &str) {
-        if let Some(placed) = self.placed.get_mut(topic) {
-            *placed = None;
-            lock(&self.waiting).insert(topic.to_string());
-        }
-    }
-
-    /// Every topic subscribed on `node` waits to be subscribed again.
-    fn unplace_on(&mut self, node: &Node) {
-        let mut waiting = lock(&self.waiting);
-        for (topic, placed) in &mut self.placed {
-            if placed.as_ref() == Some(node) {
-                *placed = None;
-                waiting.insert(topic.clone());
-            }
-        }
-    }
-
-    fn unplace_all(&mut self) {
-        let mut waiting = lock(&self.waiting);
-        for (topic, placed) in &mut self.placed {
-            *placed = None;
-            waiting.insert(topic.clone());
-        }
-    }
-
-    /// Lets go of `topic`; where it was subscribed, if anywhere.
-    fn remove(&mut self, topic: &str) -> Option<Option<Node>> {
-        lock(&self.waiting).remove(topic);
-        self.placed.remove(topic)
+        let _ = within(command.exec_async(&mut connection), node, "SUNSUBSCRIBE").await;
     }
 }
 
@@ -371,9 +319,9 @@ enum SubscribeError {
     /// The node does not own the slot (any more).
     Moved,
     /// Nothing to try this on now.
-    Unavailable(String),
+    Unavailable(BrokerError),
     /// The node did not answer: the connection is suspect.
-    LinkFailed(Node, String),
+    LinkFailed(Node, BrokerError),
 }
 
 /// SSUBSCRIBEs one channel on `node`'s connection.
@@ -387,10 +335,16 @@ async fn ssubscribe(
     match timeout(IO_TIMEOUT, command.exec_async(&mut connection)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(err)) if err.redirect_node().is_some() => Err(SubscribeError::Moved),
-        Ok(Err(err)) => Err(SubscribeError::LinkFailed(node, describe(err))),
+        Ok(Err(err)) => Err(SubscribeError::LinkFailed(
+            node.clone(),
+            from_redis(&err, &node, "SSUBSCRIBE"),
+        )),
         Err(_) => Err(SubscribeError::LinkFailed(
-            node,
-            "redis cluster did not confirm SSUBSCRIBE in time".into(),
+            node.clone(),
+            BrokerError::Timeout {
+                addr: node.to_string(),
+                what: "SSUBSCRIBE",
+            },
         )),
     }
 }

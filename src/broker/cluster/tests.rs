@@ -130,3 +130,32 @@ fn node_connections_keep_the_seeds_credentials_and_tls() {
 
     assert!(Seeds::new(&settings(&[], None)).is_err());
 }
+
+#[tokio::test]
+async fn publishing_to_unreachable_seeds_names_them() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port");
+    let settings = Redis {
+        url: String::new(),
+        password: Some("hunter2".into()),
+        pool_size: 1,
+        channel_prefix: String::new(),
+        reconnect_max: Duration::from_secs(1),
+        nodes: vec![format!("redis://127.0.0.1:{port}")],
+    };
+    let publisher = Arc::new(Publisher::new(&settings));
+    let err = publisher
+        .publish("t".into(), Bytes::from_static(b"x"))
+        .await
+        .expect_err("nothing listens");
+    assert_eq!(
+        err,
+        BrokerError::NotConnected {
+            addr: format!("127.0.0.1:{port}"),
+            cause: Some("connection refused".into()),
+        }
+    );
+    assert!(!err.to_string().contains("hunter2"));
+}

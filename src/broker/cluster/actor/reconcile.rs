@@ -8,8 +8,9 @@ use redis::{AsyncConnectionConfig, ConnectionAddr, PushInfo, PushKind, Value};
 use tokio::time::timeout;
 
 use super::{Actor, Event, Link, Node, SubscribeError, ssubscribe, topic_of};
+use crate::broker::Delivery;
 use crate::broker::cluster::slots::{SlotMap, key_slot};
-use crate::broker::redis::{IO_TIMEOUT, describe};
+use crate::broker::engine::{BrokerError, IO_TIMEOUT, addr_of, from_redis, within};
 
 /// SSUBSCRIBEs in flight at once while resubscribing many topics.
 const RESUBSCRIBE_CONCURRENCY: usize = 64;
@@ -57,7 +58,7 @@ impl Actor {
                 Ok(link) => {
                     self.links.insert(node.clone(), link);
                 }
-                Err(err) => problems.push(format!("{node}: {err}")),
+                Err(err) => problems.push(err.to_string()),
             }
         }
         self.slots = Some(slots);
@@ -123,9 +124,9 @@ impl Actor {
                 Err(SubscribeError::Moved) => {
                     problems.push(format!("{topic:?} moved while resubscribing"));
                 }
-                Err(SubscribeError::Unavailable(reason)) => problems.push(reason),
-                Err(SubscribeError::LinkFailed(_, reason)) => {
-                    problems.push(format!("{to}: {reason}"));
+                Err(SubscribeError::Unavailable(err)) => problems.push(err.to_string()),
+                Err(SubscribeError::LinkFailed(_, err)) => {
+                    problems.push(err.to_string());
                     failed_links.push(to);
                 }
             }
@@ -140,7 +141,7 @@ impl Actor {
         let mut last_error = String::from("no node to ask");
         for (node, link) in &self.links {
             let host = node.rsplit_once(':').map_or("", |(host, _)| host);
-            match cluster_slots(link.connection.clone(), host).await {
+            match cluster_slots(link.connection.clone(), host, node).await {
                 Ok(slots) => return Ok(slots),
                 Err(err) => last_error = format!("{node}: {err}"),
             }
@@ -150,24 +151,21 @@ impl Actor {
                 ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host.clone(),
                 _ => String::new(),
             };
+            let addr = addr_of(seed);
             let connect = async {
                 let client = redis::Client::open(seed.clone())?;
                 client.get_multiplexed_async_connection().await
             };
-            let connection = match timeout(IO_TIMEOUT, connect).await {
-                Ok(Ok(connection)) => connection,
-                Ok(Err(err)) => {
-                    last_error = format!("seed {}: {}", seed.addr(), describe(err));
-                    continue;
-                }
-                Err(_) => {
-                    last_error = format!("seed {}: connect timed out", seed.addr());
+            let connection = match within(connect, &addr, "the connection attempt").await {
+                Ok(connection) => connection,
+                Err(err) => {
+                    last_error = err.to_string();
                     continue;
                 }
             };
-            match cluster_slots(connection, &host).await {
+            match cluster_slots(connection, &host, &addr).await {
                 Ok(slots) => return Ok(slots),
-                Err(err) => last_error = format!("seed {}: {err}", seed.addr()),
+                Err(err) => last_error = format!("seed {addr}: {err}"),
             }
         }
         Err(last_error)
@@ -175,7 +173,7 @@ impl Actor {
 
     /// Opens the subscribing connection to a master. Its push handler hands
     /// messages to the hub and reports drops and unsubscribes to the actor.
-    async fn connect(&mut self, node: &Node, host: &str, port: u16) -> Result<Link, String> {
+    async fn connect(&mut self, node: &Node, host: &str, port: u16) -> Result<Link, BrokerError> {
         self.generation += 1;
         let generation = self.generation;
         let (deliver, prefix, events, name) = (
@@ -191,7 +189,7 @@ impl Actor {
                         push.data.as_slice()
                     {
                         if let Some(topic) = topic_of(channel, &prefix) {
-                            deliver.deliver(topic, payload);
+                            deliver.deliver(Delivery::new(topic, payload));
                         }
                     }
                 }
@@ -218,14 +216,14 @@ impl Actor {
             .set_response_timeout(Some(IO_TIMEOUT))
             .set_push_sender(on_push);
         let info = self.target.seeds.node_info(host, port);
-        let client = redis::Client::open(info).map_err(describe)?;
-        let connection = timeout(
-            IO_TIMEOUT,
+        let client = redis::Client::open(info)
+            .map_err(|err| from_redis(&err, node, "the connection attempt"))?;
+        let connection = within(
             client.get_multiplexed_async_connection_with_config(&config),
+            node,
+            "the connection attempt",
         )
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(describe)?;
+        .await?;
         Ok(Link {
             connection,
             generation,
@@ -236,12 +234,16 @@ impl Actor {
 async fn cluster_slots(
     mut connection: MultiplexedConnection,
     host: &str,
+    addr: &str,
 ) -> Result<SlotMap, String> {
     let mut query = redis::cmd("CLUSTER");
     query.arg("SLOTS");
-    let reply = timeout(IO_TIMEOUT, query.query_async::<Value>(&mut connection))
-        .await
-        .map_err(|_| "CLUSTER SLOTS timed out".to_string())?
-        .map_err(describe)?;
+    let reply = within(
+        query.query_async::<Value>(&mut connection),
+        addr,
+        "CLUSTER SLOTS",
+    )
+    .await
+    .map_err(|err| err.to_string())?;
     SlotMap::parse(&reply, host)
 }

@@ -1,0 +1,179 @@
+//! The broker handle both Redis engines hand out: it forwards subscribes
+//! and unsubscribes to the engine's actor over one ordered channel,
+//! publishes through the engine's publishing path, and swaps both when the
+//! `[redis]` settings change.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{BrokerError, Command};
+use crate::broker::{Broker, Deliver, Position, Range};
+use crate::config::{Config, Redis};
+use crate::metrics::Metrics;
+use crate::sync::lock;
+
+/// Held topics that are not subscribed on their shard right now, shared by
+/// a sharded engine's actor (which edits it) and its handle (which reads
+/// it), so one shard's outage leaves topics on the others live.
+pub(crate) type Waiting = Arc<Mutex<HashSet<String>>>;
+
+/// An engine's publishing path for one set of `[redis]` settings; replaced
+/// whole when they change.
+pub(crate) trait Publish: Send + Sync + Sized + 'static {
+    fn new(settings: &Redis) -> Self;
+    /// Where it publishes, as errors name it (no credentials).
+    fn addr(&self) -> &str;
+    /// Publishes `payload` to `topic`'s channel.
+    fn publish(
+        self: Arc<Self>,
+        topic: String,
+        payload: Bytes,
+    ) -> BoxFuture<'static, Result<Option<Position>, BrokerError>>;
+}
+
+/// What an engine's actor starts with.
+pub(crate) struct Spawn {
+    pub settings: Redis,
+    pub deliver: Arc<dyn Deliver>,
+    pub metrics: Arc<Metrics>,
+    /// `true` while every held topic is subscribed.
+    pub ready: watch::Sender<bool>,
+    pub inbox: mpsc::UnboundedReceiver<Command>,
+    /// Present for sharded engines (see [`Waiting`]).
+    pub waiting: Option<Waiting>,
+}
+
+/// A Redis engine as the hub sees it.
+pub(crate) struct Handle<P> {
+    /// `broker.kind`, for `/readyz` and logs.
+    kind: &'static str,
+    /// Ordered requests to the actor; unbounded so `unsubscribe` never waits
+    /// (the hub calls it under its lock). Its length is bounded by the hub,
+    /// which sends one command per topic transition.
+    commands: mpsc::UnboundedSender<Command>,
+    ready: watch::Receiver<bool>,
+    /// Where PUBLISH goes; replaced whole when `[redis]` changes. Held only
+    /// to clone the `Arc`, never across an await.
+    publisher: Mutex<Arc<P>>,
+    /// The settings in force, to tell whether a new config changes them.
+    settings: Mutex<Redis>,
+    /// `None` when one connection carries every topic.
+    waiting: Option<Waiting>,
+}
+
+impl<P: Publish> Handle<P> {
+    /// Spawns the engine's actor with `spawn`; it connects at once and
+    /// keeps retrying while Redis is away. With `sharded`, topics are live
+    /// or not one by one.
+    pub(crate) fn start(
+        kind: &'static str,
+        settings: Redis,
+        deliver: Arc<dyn Deliver>,
+        metrics: Arc<Metrics>,
+        sharded: bool,
+        spawn: impl FnOnce(Spawn) -> Result<(), BrokerError>,
+    ) -> Self {
+        let (commands, inbox) = mpsc::unbounded_channel();
+        let (ready_tx, ready) = watch::channel(false);
+        let waiting = sharded.then(Waiting::default);
+        let started = spawn(Spawn {
+            settings: settings.clone(),
+            deliver,
+            metrics,
+            ready: ready_tx,
+            inbox,
+            waiting: waiting.clone(),
+        });
+        if let Err(err) = started {
+            // The actor is gone: subscribes answer `Stopped`, readiness
+            // stays false.
+            tracing::error!(error = %err, kind, "broker cannot start");
+        }
+        Self {
+            kind,
+            commands,
+            ready,
+            publisher: Mutex::new(Arc::new(P::new(&settings))),
+            settings: Mutex::new(settings),
+            waiting,
+        }
+    }
+}
+
+impl<P: Publish> Broker for Handle<P> {
+    fn subscribe(&self, topic: &str) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let (reply, answer) = oneshot::channel();
+        let sent = self
+            .commands
+            .send(Command::Subscribe(topic.to_string(), reply))
+            .is_ok();
+        async move {
+            if !sent {
+                return Err(BrokerError::Stopped);
+            }
+            answer.await.unwrap_or(Err(BrokerError::Stopped))
+        }
+        .boxed()
+    }
+
+    fn unsubscribe(&self, topic: &str) {
+        let _ = self.commands.send(Command::Unsubscribe(topic.to_string()));
+    }
+
+    fn publish(
+        &self,
+        topic: &str,
+        payload: Bytes,
+    ) -> BoxFuture<'static, Result<Option<Position>, BrokerError>> {
+        lock(&self.publisher)
+            .clone()
+            .publish(topic.to_string(), payload)
+    }
+
+    /// The Redis engines record nothing yet: every topic has no history.
+    fn history(
+        &self,
+        _topic: &str,
+        _since: Option<Position>,
+    ) -> BoxFuture<'static, Result<Range, BrokerError>> {
+        futures_util::future::ready(Ok(Range::none())).boxed()
+    }
+
+    fn reconfigure(&self, config: &Config) {
+        let settings = {
+            let mut settings = lock(&self.settings);
+            if *settings == config.redis {
+                return;
+            }
+            *settings = config.redis.clone();
+            settings.clone()
+        };
+        *lock(&self.publisher) = Arc::new(P::new(&settings));
+        let _ = self.commands.send(Command::Reconfigure(settings));
+    }
+
+    fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.clone()
+    }
+
+    fn live(&self, topic: &str) -> Result<(), BrokerError> {
+        let live = *self.ready.borrow()
+            || self
+                .waiting
+                .as_ref()
+                .is_some_and(|waiting| !lock(waiting).contains(topic));
+        if live {
+            Ok(())
+        } else {
+            Err(BrokerError::not_connected(lock(&self.publisher).addr()))
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+}
