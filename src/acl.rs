@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::auth::Identity;
-use crate::config::Issue;
+use crate::issues::Issue;
 
 mod program;
 mod template;
