@@ -1,6 +1,6 @@
 use super::*;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Parses a frame as a JSON object, failing the test on anything else.
 fn object(frame: &Frame) -> serde_json::Map<String, Value> {
@@ -627,7 +627,7 @@ fn disconnect_final_frames_and_close_codes() {
         (Disconnect::AuthTimeout, "auth_timeout", Some(1008)),
         (Disconnect::SlowConsumer, "slow_consumer", Some(1013)),
         (Disconnect::Shutdown, "shutdown", Some(1001)),
-        // Idle peers are dropped without a close frame (SPEC §1).
+        // Idle peers are dropped without a close frame (docs/PROTOCOL.md, "Closing").
         (Disconnect::Idle, "idle_timeout", None),
     ];
     for (reason, code, close_code) in cases {
