@@ -5,10 +5,15 @@
 
 use std::sync::Arc;
 
+use globset::GlobMatcher;
 use proptest::prelude::*;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
+use super::claims::{claim_matches, scalar_text};
+use super::compile::{compile_claims, parse_effect};
+use super::globs::build_globs;
 use super::*;
+use crate::auth::Identity;
 use Decision::{Allow, Deny};
 
 /// A rule as `bind` made it before templates were compiled once.
