@@ -6,8 +6,9 @@ use serde::Serialize;
 use super::json::{JSON_WHITESPACE, is_strict_json};
 use super::{Action, DecodeError, ErrorCode, Id};
 
-/// A text frame ready for the socket; cloning shares the bytes, so one
-/// encoded delivery is queued to every subscriber without copying.
+/// A text frame ready for the socket: a four-word handle on shared bytes.
+/// Cloning shares the bytes, so one encoded delivery is queued to every
+/// subscriber without copying: each queue holds a handle, not the text.
 pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Every non-delivery server frame; `None` fields are left out.

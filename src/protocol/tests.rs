@@ -1060,3 +1060,11 @@ fn fuzz_decode_and_encode_delivery_never_panic_and_stay_valid_json() {
     assert!(embedded > 500, "only {embedded} JSON payloads");
     assert!(decoded > 50, "only {decoded} decoded requests");
 }
+
+#[test]
+fn a_frame_is_a_four_word_handle_whose_clones_share_the_bytes() {
+    assert_eq!(size_of::<Frame>(), 4 * size_of::<usize>());
+    let frame = encode_delivery("chat", br#"{"text":"hello"}"#);
+    let queued = frame.clone();
+    assert_eq!(queued.as_str().as_ptr(), frame.as_str().as_ptr());
+}
