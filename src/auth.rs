@@ -1,4 +1,5 @@
-//! Token verification: `verify(token, now) -> Identity` (SPEC §1, §2 `[auth]`).
+//! Token verification: `verify(token, now) -> Identity` (docs/CONFIG.md
+//! `[auth]`, docs/PROTOCOL.md "Token lifetime").
 //!
 //! Keys are parsed once when the config compiles, and checked there against
 //! every allowed algorithm, so a key that cannot verify a configured
@@ -7,71 +8,23 @@
 //! the caller's `now` (the library's own clock checks are turned off), which
 //! keeps tests exact. Nothing in this module logs or returns a token or a
 //! secret: every [`AuthError`] carries only `'static` text.
+//!
+//! `raw` is `[auth]` as written; `keys` validates it and loads the keys
+//! into an [`Authenticator`] when the config compiles.
 
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation, errors::ErrorKind};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// `[auth]` as written in the file, before validation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawAuth {
-    /// `"jwt"` or `"bypass"`; anything else is a config error.
-    pub mode: String,
-    /// Seconds a jwt-mode connection may stay unauthenticated (SPEC §1).
-    pub timeout_secs: u64,
-    /// `[auth.jwt]`: how tokens are verified.
-    pub jwt: RawJwt,
-}
+mod keys;
+mod raw;
 
-impl Default for RawAuth {
-    fn default() -> Self {
-        Self {
-            mode: "jwt".into(),
-            timeout_secs: 30,
-            jwt: RawJwt::default(),
-        }
-    }
-}
+pub use raw::{RawAuth, RawJwt};
 
-/// `[auth.jwt]` as written in the file, before validation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawJwt {
-    /// Algorithm names a token's header may carry; see [`SUPPORTED`].
-    pub algorithms: Vec<String>,
-    /// HS* secret given inline (handy with `TOPICGATE__AUTH__JWT__SECRET`).
-    pub secret: String,
-    /// HS* secret read from a file (Kubernetes secrets), trimmed of whitespace.
-    pub secret_file: String,
-    /// PEM public key for the one allowed RS*, ES* or EdDSA family.
-    pub public_key_file: String,
-    /// Required `iss` when non-empty.
-    pub issuer: String,
-    /// Required `aud` (or one of an `aud` array) when non-empty.
-    pub audience: String,
-    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
-    pub leeway_secs: u64,
-}
-
-impl Default for RawJwt {
-    fn default() -> Self {
-        Self {
-            algorithms: vec!["HS256".into()],
-            secret: String::new(),
-            secret_file: String::new(),
-            public_key_file: String::new(),
-            issuer: String::new(),
-            audience: String::new(),
-            leeway_secs: 5,
-        }
-    }
-}
-
-/// The algorithms SPEC §2 offers. jsonwebtoken also knows PS*, which the
-/// contract does not list, so a config naming them is refused.
+/// The algorithms `auth.jwt.algorithms` offers (docs/CONFIG.md).
+/// jsonwebtoken also knows PS*, which the gateway does not offer, so a
+/// config naming them is refused.
 pub const SUPPORTED: [Algorithm; 9] = [
     Algorithm::HS256,
     Algorithm::HS384,
@@ -89,7 +42,7 @@ pub const SUPPORTED: [Algorithm; 9] = [
 pub enum Mode {
     /// Every session must present a valid token before subscribing.
     Jwt,
-    /// Development only: any string authorizes (SPEC §2).
+    /// Development only: any string authorizes (docs/CONFIG.md, `auth.mode`).
     Bypass,
 }
 
@@ -98,8 +51,9 @@ pub enum Mode {
 pub struct Identity {
     /// The token's claims; empty for an anonymous (bypass) identity.
     pub claims: Map<String, Value>,
-    /// When the session must end (SPEC §1 "Token lifetime"): the token's
-    /// `exp` plus the leeway, in seconds since the epoch; `None` without `exp`.
+    /// When the session must end (docs/PROTOCOL.md, "Token lifetime"): the
+    /// token's `exp` plus the leeway, in seconds since the epoch; `None`
+    /// without `exp`.
     pub expires_at: Option<u64>,
 }
 
@@ -260,7 +214,7 @@ impl Authenticator {
 
     /// Authorization as the session sees it: in bypass mode any string
     /// succeeds, and a well-formed token's claims are still used for the ACL
-    /// whether or not they verify (SPEC §2 `mode = "bypass"`).
+    /// whether or not they verify (docs/CONFIG.md, `auth.mode`).
     pub fn authorize(&self, token: &str, now: u64) -> Result<Identity, AuthError> {
         match self.mode {
             Mode::Jwt => self.verify(token, now),
@@ -390,6 +344,5 @@ fn claim_name(claim: &str) -> &'static str {
     }
 }
 
-mod keys;
 #[cfg(test)]
 mod tests;

@@ -31,6 +31,7 @@ pub mod config;
 pub mod console;
 pub mod http;
 pub mod hub;
+mod issues;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

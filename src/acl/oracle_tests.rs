@@ -1,20 +1,25 @@
-//! Templates compiled once must decide exactly as the per-identity compile
-//! they replaced: that compile is kept here as the oracle, and a property
-//! test pits the two against each other on generated templates, claim
-//! values and topics.
+//! Templates compiled once must decide exactly as filling every template
+//! with the identity's values and compiling the result with globset: that
+//! straightforward compile is the oracle, and a property test pits the two
+//! against each other on generated templates, claim values and topics.
 
 use std::sync::Arc;
 
+use globset::GlobMatcher;
 use proptest::prelude::*;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
+use super::claims::{claim_matches, scalar_text};
+use super::compile::{compile_claims, parse_effect};
+use super::globs::build_globs;
 use super::*;
+use crate::auth::Identity;
 use Decision::{Allow, Deny};
 
-/// A rule as `bind` made it before templates were compiled once.
+/// A rule as the oracle binds it: its templates filled and compiled.
 type OracleRule = (usize, Result<Vec<GlobMatcher>, globset::Error>, Effect);
 
-/// The oracle: `Acl::bind` as it was, every template filled with the
+/// The oracle: a plain `Acl::bind`, every template filled with the
 /// identity's escaped claim values and compiled by globset.
 fn oracle_bind(raw: &RawAcl, identity: &Identity) -> (Effect, Vec<OracleRule>) {
     let mut ignored = Vec::new();
@@ -246,7 +251,7 @@ fn classes_match_bytes_like_globset() {
 }
 
 #[test]
-fn per_identity_fallback_decides_like_before() {
+fn per_identity_fallback_fills_and_compiles_templates_per_identity() {
     let template = |pattern: &str| Template::parse(pattern).unwrap();
     let acl = Acl {
         default: Effect::Deny,

@@ -13,12 +13,15 @@
 
 use super::tokens::Token;
 
+/// The bytes a `[...]` class matches: one bit per byte value, 256 bits.
+type ByteSet = [u64; 4];
+
 /// A compiled templated glob.
 #[derive(Debug)]
 pub(super) struct Program {
     insts: Vec<Inst>,
-    /// The byte sets of `[...]` classes, 256 bits each.
-    sets: Vec<[u64; 4]>,
+    /// The byte sets of `[...]` classes.
+    sets: Vec<ByteSet>,
     /// The literal bytes every match starts with, checked before the NFA
     /// runs: most templated rules begin with a literal such as `user.`.
     prefix: Box<[u8]>,
@@ -238,11 +241,11 @@ impl Program {
     }
 }
 
-fn contains(set: &[u64; 4], byte: u8) -> bool {
+fn contains(set: &ByteSet, byte: u8) -> bool {
     set[usize::from(byte >> 6)] >> (byte & 63) & 1 == 1
 }
 
-fn insert(set: &mut [u64; 4], byte: u8) {
+fn insert(set: &mut ByteSet, byte: u8) {
     set[usize::from(byte >> 6)] |= 1 << (byte & 63);
 }
 
@@ -251,7 +254,7 @@ fn insert(set: &mut [u64; 4], byte: u8) {
 /// a class byte by byte: `[a-é]` is `[a-\xc3\xa9]`, the range `a` to `\xc3`
 /// plus the byte `\xa9`. So a range runs from the last byte of its low end
 /// to the first byte of its high end, and the other bytes stand alone.
-fn byte_set(negated: bool, ranges: &[(char, char)]) -> [u64; 4] {
+fn byte_set(negated: bool, ranges: &[(char, char)]) -> ByteSet {
     let mut set = [0; 4];
     for &(lo, hi) in ranges {
         let (mut lo_buf, mut hi_buf) = ([0; 4], [0; 4]);
@@ -273,4 +276,19 @@ fn byte_set(negated: bool, ranges: &[(char, char)]) -> [u64; 4] {
         set.iter_mut().for_each(|word| *word = !*word);
     }
     set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_byte_set_holds_one_bit_per_byte_value() {
+        assert_eq!(size_of::<ByteSet>() * 8, usize::from(u8::MAX) + 1);
+        let mut set = ByteSet::default();
+        insert(&mut set, u8::MAX);
+        insert(&mut set, 0);
+        assert!(contains(&set, u8::MAX) && contains(&set, 0));
+        assert!(!(1..u8::MAX).any(|byte| contains(&set, byte)));
+    }
 }

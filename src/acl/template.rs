@@ -4,9 +4,10 @@
 
 use globset::GlobMatcher;
 
+use super::claims::ClaimPath;
+use super::globs::{build_globs, glob, literal};
 use super::program::Program;
 use super::tokens::{self, Item};
-use super::{ClaimPath, build_globs, glob, literal};
 
 /// A pattern split into literal glob text and `${claim}` references.
 #[derive(Debug)]

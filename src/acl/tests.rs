@@ -1,6 +1,10 @@
+use serde::Deserialize;
 use serde_json::json;
 
+use super::globs::glob;
 use super::*;
+use crate::auth::Identity;
+use crate::issues::Issue;
 use Decision::{Allow, Deny};
 
 /// `[acl]` from TOML text (the part after the `[acl]` header).

@@ -10,7 +10,7 @@ use jsonwebtoken::crypto::CryptoProvider;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 
 use super::{Authenticator, KeyedValidation, Mode, RawAuth, RawJwt, SUPPORTED, alg_name};
-use crate::config::Issue;
+use crate::issues::Issue;
 
 impl Authenticator {
     /// Validates `[auth]` and loads its key files (relative to `base_dir`).

@@ -4,7 +4,7 @@ use jsonwebtoken::{EncodingKey, Header};
 use serde_json::json;
 
 use super::*;
-use crate::config::Issue;
+use crate::issues::Issue;
 
 /// A fixed clock: every time claim below is relative to it.
 const NOW: u64 = 1_700_000_000;

@@ -1,6 +1,6 @@
 //! The config as written: what the TOML file and the `TOPICGATE__…`
 //! environment deserialize into. Every key has a default; unknown keys are
-//! errors. `RawConfig::compile` (in `config.rs`) validates it.
+//! errors. `RawConfig::compile` (in `compile.rs`) validates it.
 
 use serde::{Deserialize, Serialize};
 

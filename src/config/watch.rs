@@ -1,4 +1,4 @@
-//! Hot reload (SPEC §2 "Hot reload"): watch, settle, reload, swap.
+//! Hot reload (docs/CONFIG.md, "Reload"): watch, settle, reload, swap.
 //!
 //! The watch is on the file's *directory*, not the file: an editor's atomic
 //! save renames a new file over the old one and a Kubernetes ConfigMap

@@ -1,6 +1,6 @@
 use super::*;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Parses a frame as a JSON object, failing the test on anything else.
 fn object(frame: &Frame) -> serde_json::Map<String, Value> {
@@ -627,7 +627,7 @@ fn disconnect_final_frames_and_close_codes() {
         (Disconnect::AuthTimeout, "auth_timeout", Some(1008)),
         (Disconnect::SlowConsumer, "slow_consumer", Some(1013)),
         (Disconnect::Shutdown, "shutdown", Some(1001)),
-        // Idle peers are dropped without a close frame (SPEC §1).
+        // Idle peers are dropped without a close frame (docs/PROTOCOL.md, "Closing").
         (Disconnect::Idle, "idle_timeout", None),
     ];
     for (reason, code, close_code) in cases {
@@ -1059,4 +1059,12 @@ fn fuzz_decode_and_encode_delivery_never_panic_and_stay_valid_json() {
     }
     assert!(embedded > 500, "only {embedded} JSON payloads");
     assert!(decoded > 50, "only {decoded} decoded requests");
+}
+
+#[test]
+fn a_frame_is_a_four_word_handle_whose_clones_share_the_bytes() {
+    assert_eq!(size_of::<Frame>(), 4 * size_of::<usize>());
+    let frame = encode_delivery("chat", br#"{"text":"hello"}"#);
+    let queued = frame.clone();
+    assert_eq!(queued.as_str().as_ptr(), frame.as_str().as_ptr());
 }

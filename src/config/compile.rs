@@ -1,0 +1,206 @@
+//! The second stage: [`RawConfig::compile`] validates every key, collecting
+//! each problem with its key path, and builds the [`Config`] the gateway runs.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::load::toml_issue;
+use super::mask::mask_url_password;
+use super::{BrokerKind, Config, ConfigError, Issue, Limits, LogFormat, RawConfig, Redis, Server};
+use crate::acl::Acl;
+use crate::auth::Authenticator;
+
+impl RawConfig {
+    /// Parses TOML text with no environment overrides (tests, examples).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|err| ConfigError {
+            file: None,
+            issues: vec![toml_issue(&err, text)],
+        })
+    }
+
+    /// Validates every key and compiles keys and globs. Relative file paths
+    /// (`secret_file`, `public_key_file`) are resolved against `base_dir`.
+    pub fn compile(&self, base_dir: &Path) -> Result<Config, ConfigError> {
+        let mut issues = Vec::new();
+        let server = self.compile_server(&mut issues);
+        let broker = match self.broker.kind.as_str() {
+            "redis" => BrokerKind::Redis,
+            "redis-cluster" => BrokerKind::RedisCluster,
+            "memory" => BrokerKind::Memory,
+            other => {
+                issues.push(Issue::new(
+                    "broker.kind",
+                    format!("unknown broker {other:?}; expected \"redis\", \"redis-cluster\" or \"memory\""),
+                ));
+                BrokerKind::Memory
+            }
+        };
+        let redis = self.compile_redis(broker, &mut issues);
+        let limits = self.compile_limits(&mut issues);
+        let auth = Authenticator::compile(&self.auth, base_dir).map_err(|mut found| {
+            issues.append(&mut found);
+        });
+        let acl = Acl::compile(&self.acl).map_err(|mut found| issues.append(&mut found));
+        match (server, redis, auth, acl) {
+            (Some(server), Some(redis), Ok(auth), Ok(acl)) if issues.is_empty() => Ok(Config {
+                server,
+                auth,
+                broker,
+                api_key: (!self.api.key.is_empty()).then(|| self.api.key.clone()),
+                redis,
+                limits,
+                acl,
+                raw: self.clone(),
+                hash: self.fingerprint(),
+                loaded_at: crate::auth::now(),
+            }),
+            _ => Err(ConfigError { file: None, issues }),
+        }
+    }
+
+    fn compile_server(&self, issues: &mut Vec<Issue>) -> Option<Server> {
+        let s = &self.server;
+        let bind = s
+            .bind
+            .parse::<SocketAddr>()
+            .map_err(|err| {
+                issues.push(Issue::new(
+                    "server.bind",
+                    format!("{:?} is not an address like 0.0.0.0:3000 ({err})", s.bind),
+                ))
+            })
+            .ok();
+        if s.idle_timeout_secs == 0 {
+            issues.push(Issue::new("server.idle_timeout_secs", "must be at least 1"));
+        }
+        let log_format = match s.log_format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                issues.push(Issue::new(
+                    "server.log_format",
+                    format!("unknown format {other:?}; expected \"text\" or \"json\""),
+                ));
+                LogFormat::Text
+            }
+        };
+        Some(Server {
+            bind: bind?,
+            allowed_origins: s.allowed_origins.clone(),
+            idle_timeout: Duration::from_secs(s.idle_timeout_secs),
+            shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),
+            console: s.console,
+            log_format,
+        })
+    }
+
+    fn compile_redis(&self, broker: BrokerKind, issues: &mut Vec<Issue>) -> Option<Redis> {
+        let r = &self.redis;
+        let mut ok = true;
+        match broker {
+            BrokerKind::Redis => {
+                if let Err(err) = redis::Client::open(r.url.as_str()) {
+                    issues.push(Issue::new(
+                        "redis.url",
+                        format!("not a usable redis:// or rediss:// URL: {err}"),
+                    ));
+                    ok = false;
+                }
+            }
+            BrokerKind::RedisCluster => ok &= check_cluster_nodes(&r.nodes, issues),
+            BrokerKind::Memory => {}
+        }
+        if r.pool_size == 0 {
+            issues.push(Issue::new("redis.pool_size", "must be at least 1"));
+            ok = false;
+        }
+        if r.reconnect_max_secs == 0 {
+            issues.push(Issue::new("redis.reconnect_max_secs", "must be at least 1"));
+            ok = false;
+        }
+        ok.then(|| Redis {
+            url: r.url.clone(),
+            password: (!r.password.is_empty()).then(|| r.password.clone()),
+            pool_size: r.pool_size,
+            channel_prefix: r.channel_prefix.clone(),
+            reconnect_max: Duration::from_secs(r.reconnect_max_secs),
+            nodes: r.nodes.clone(),
+        })
+    }
+
+    fn compile_limits(&self, issues: &mut Vec<Issue>) -> Limits {
+        let l = &self.limits;
+        let positive = [
+            ("limits.max_message_bytes", l.max_message_bytes),
+            ("limits.max_subscriptions", l.max_subscriptions),
+            ("limits.send_queue", l.send_queue),
+            ("limits.max_connections", l.max_connections),
+            ("limits.requests_per_sec", l.requests_per_sec as usize),
+            ("limits.request_burst", l.request_burst as usize),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                issues.push(Issue::new(key, "must be at least 1"));
+            }
+        }
+        if l.max_message_bytes > 0 && l.max_message_bytes < 256 {
+            issues.push(Issue::new(
+                "limits.max_message_bytes",
+                "must be at least 256 so a request with a token fits",
+            ));
+        }
+        Limits {
+            max_message_bytes: l.max_message_bytes,
+            max_subscriptions: l.max_subscriptions,
+            send_queue: l.send_queue,
+            max_connections: l.max_connections,
+            requests_per_sec: l.requests_per_sec,
+            request_burst: l.request_burst,
+        }
+    }
+
+    /// A stable hash of the effective config, secrets included (so a
+    /// rotated secret changes it) but never revealed by it.
+    fn fingerprint(&self) -> String {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut hasher = DefaultHasher::new();
+        toml::to_string(self).unwrap_or_default().hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    }
+}
+
+/// `redis.nodes` for `broker.kind = "redis-cluster"`: at least one seed, each
+/// a usable URL, all with the same scheme (TLS is all or nothing).
+fn check_cluster_nodes(nodes: &[String], issues: &mut Vec<Issue>) -> bool {
+    if nodes.is_empty() {
+        issues.push(Issue::new(
+            "redis.nodes",
+            "broker.kind = \"redis-cluster\" needs at least one seed node URL, e.g. [\"redis://10.0.0.1:7000\"]",
+        ));
+        return false;
+    }
+    let mut ok = true;
+    for node in nodes {
+        if let Err(err) = redis::Client::open(node.as_str()) {
+            issues.push(Issue::new(
+                "redis.nodes",
+                format!(
+                    "{:?} is not a usable redis:// or rediss:// URL: {err}",
+                    mask_url_password(node)
+                ),
+            ));
+            ok = false;
+        }
+    }
+    let tls = |node: &String| node.starts_with("rediss://");
+    if ok && nodes.iter().any(tls) && !nodes.iter().all(tls) {
+        issues.push(Issue::new(
+            "redis.nodes",
+            "mixes redis:// and rediss:// seeds; a cluster is reached with TLS or without",
+        ));
+        ok = false;
+    }
+    ok
+}
