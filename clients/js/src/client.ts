@@ -1,7 +1,7 @@
 import { backoffDelay } from './backoff.js';
 import { Emitter } from './emitter.js';
 import { TopicgateError } from './errors.js';
-import { parseFrame, positionOf, type ServerFrame } from './protocol.js';
+import { parseFrame, type ServerFrame } from './protocol.js';
 import { Subscription, type MessageHandler } from './subscription.js';
 
 /** The connection's state, as the `state` event reports it. */
@@ -76,6 +76,8 @@ export class TopicgateClient extends Emitter<ClientEvents> {
   /** Connection attempts since the last successful authorization. */
   private attempt = 0;
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Pending resubscribe retries, cleared by `close()` so nothing outlives it. */
+  private readonly retryTimers = new Set<ReturnType<typeof setTimeout>>();
   private waiters: Deferred<void>[] = [];
   private readonly subs = new Map<string, Subscription>();
   /** Settles each subscription's `subscribe()` promise on its first reply. */
@@ -136,6 +138,8 @@ export class TopicgateClient extends Emitter<ClientEvents> {
     this.stopped = true;
     clearTimeout(this.reconnectTimer);
     this.reconnectTimer = undefined;
+    for (const timer of this.retryTimers) clearTimeout(timer);
+    this.retryTimers.clear();
     const conn = this.conn;
     if (conn) {
       this.conn = undefined;
@@ -330,17 +334,7 @@ export class TopicgateClient extends Emitter<ClientEvents> {
       this.subscribeFailed(conn, sub, new TopicgateError(reply.error, reply.detail ?? ''));
       return;
     }
-    sub.status = 'subscribed';
-    sub.retries = 0;
-    sub.revokedDetail = undefined;
-    const position = positionOf(reply);
-    const recovered = since ? reply.recovered === true : undefined;
-    if (!recovered) sub.pos = position;
-    sub.fire('subscribed', { topic: sub.topic, ...position, ...(since && { recovered }) });
-    if (recovered === false) {
-      sub.fire('gap', { topic: sub.topic, ...position, detail: reply.detail ?? 'recovery impossible' });
-    }
-    // With `recovered: true` the replay follows and moves the position itself.
+    sub.confirm(since, reply);
     if (!sub.confirmed) {
       sub.confirmed = true;
       this.firstReply.get(sub)?.resolve(sub);
@@ -366,11 +360,13 @@ export class TopicgateClient extends Emitter<ClientEvents> {
     if (error.code === 'unauthenticated' && !conn.ready) return;
     this.emit('error', error);
     const delay = backoffDelay(sub.retries++, this.minDelay, this.maxDelay);
-    setTimeout(() => {
+    const timer = setTimeout(() => {
+      this.retryTimers.delete(timer);
       if (this.conn === conn && conn.ready && this.subs.get(sub.topic) === sub && sub.status !== 'subscribed' && !sub.inflight) {
         void this.sendSubscribe(conn, sub);
       }
     }, delay);
+    this.retryTimers.add(timer);
   }
 
   /**
@@ -388,42 +384,13 @@ export class TopicgateClient extends Emitter<ClientEvents> {
   }
 
   private deliver(frame: ServerFrame): void {
-    const topic = frame.topic;
-    const sub = typeof topic === 'string' ? this.subs.get(topic) : undefined;
-    if (!sub || topic === undefined) return;
-    const position = positionOf(frame);
-    if (position) {
-      const last = sub.pos;
-      if (last && last.epoch === position.epoch && position.offset <= last.offset) return;
-      sub.pos = position;
-      if (last && last.epoch !== position.epoch) {
-        sub.fire('gap', { topic, epoch: position.epoch, offset: position.offset - 1, detail: 'the history changed epoch' });
-      }
-      call(sub.handler, frame.snapshot, { topic, offset: position.offset, epoch: position.epoch });
-    } else {
-      call(sub.handler, frame.snapshot, { topic });
-    }
+    const sub = typeof frame.topic === 'string' ? this.subs.get(frame.topic) : undefined;
+    sub?.deliver(frame);
   }
 
-  /** The gateway lost part of a topic's history: continue from the position it names. */
   private gap(frame: ServerFrame): void {
-    const topic = frame.context;
-    const sub = typeof topic === 'string' ? this.subs.get(topic) : undefined;
-    if (!sub || topic === undefined) return;
-    const position = positionOf(frame);
-    if (position) sub.pos = position;
-    sub.fire('gap', { topic, ...position, detail: frame.message ?? 'history lost' });
-  }
-}
-
-/** Runs an application handler; its exception is reported on a later tick, not thrown into the client. */
-function call<A extends unknown[]>(handler: (...args: A) => void, ...args: A): void {
-  try {
-    handler(...args);
-  } catch (err) {
-    setTimeout(() => {
-      throw err;
-    });
+    const sub = typeof frame.context === 'string' ? this.subs.get(frame.context) : undefined;
+    sub?.lost(frame);
   }
 }
 

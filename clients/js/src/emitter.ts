@@ -23,14 +23,17 @@ export class Emitter<E extends EventMap> {
 
   /** @internal */
   protected emit<K extends keyof E>(event: K, ...args: E[K]): void {
-    for (const listener of this.listeners[event] ?? []) {
-      try {
-        listener(...args);
-      } catch (err) {
-        setTimeout(() => {
-          throw err;
-        });
-      }
-    }
+    for (const listener of this.listeners[event] ?? []) callSafely(listener, ...args);
+  }
+}
+
+/** @internal Runs application code; its exception is rethrown on a later tick, not into the client. */
+export function callSafely<A extends unknown[]>(fn: (...args: A) => void, ...args: A): void {
+  try {
+    fn(...args);
+  } catch (err) {
+    setTimeout(() => {
+      throw err;
+    });
   }
 }

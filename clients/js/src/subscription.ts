@@ -1,5 +1,5 @@
-import { Emitter } from './emitter.js';
-import type { Position } from './protocol.js';
+import { Emitter, callSafely } from './emitter.js';
+import { positionOf, type Position, type ServerFrame } from './protocol.js';
 
 /** What a message handler learns besides the payload. */
 export interface MessageContext {
@@ -96,6 +96,53 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** Ends the subscription; resolves once the gateway confirms (at once when disconnected). */
   unsubscribe(): Promise<void> {
     return this.owner.unsubscribeTopic(this);
+  }
+
+  /**
+   * @internal The gateway confirmed a subscribe sent with `since` (or
+   * without). Without `since`, or when recovery failed, the reply's position
+   * is where this subscription now stands; with `recovered: true` the replay
+   * follows and moves the position itself.
+   */
+  confirm(since: Position | undefined, reply: ServerFrame): void {
+    this.status = 'subscribed';
+    this.retries = 0;
+    this.revokedDetail = undefined;
+    const position = positionOf(reply);
+    const recovered = since ? reply.recovered === true : undefined;
+    if (!recovered) this.pos = position;
+    this.emit('subscribed', { topic: this.topic, ...position, ...(since && { recovered }) });
+    if (recovered === false) {
+      this.emit('gap', { topic: this.topic, ...position, detail: reply.detail ?? 'recovery impossible' });
+    }
+  }
+
+  /**
+   * @internal A delivery. A recorded one at or below the position (a replay
+   * overlapping live traffic, a frame a link brought late) was delivered
+   * already and is dropped; one under a new epoch means the history was lost.
+   */
+  deliver(frame: ServerFrame): void {
+    const topic = this.topic;
+    const position = positionOf(frame);
+    if (!position) {
+      callSafely(this.handler, frame.snapshot, { topic });
+      return;
+    }
+    const last = this.pos;
+    if (last && last.epoch === position.epoch && position.offset <= last.offset) return;
+    this.pos = position;
+    if (last && last.epoch !== position.epoch) {
+      this.emit('gap', { topic, epoch: position.epoch, offset: position.offset - 1, detail: 'the history changed epoch' });
+    }
+    callSafely(this.handler, frame.snapshot, { topic, offset: position.offset, epoch: position.epoch });
+  }
+
+  /** @internal The `gap` frame: part of the history is gone; continue from the position it names. */
+  lost(frame: ServerFrame): void {
+    const position = positionOf(frame);
+    if (position) this.pos = position;
+    this.emit('gap', { topic: this.topic, ...position, detail: frame.message ?? 'history lost' });
   }
 
   /** @internal */
