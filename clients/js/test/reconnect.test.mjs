@@ -166,3 +166,26 @@ test('close() rejects what is pending and stops reconnecting', async () => {
   assert.deepEqual(states, ['closed']);
   assert.equal(client.state, 'closed');
 });
+
+test('a token function that fails is reported and asked again after a backoff', async () => {
+  let calls = 0;
+  client = new TopicgateClient(gateway.url, {
+    token: async () => {
+      calls += 1;
+      if (calls === 1) throw new Error('auth backend down');
+      return 'fresh';
+    },
+    WebSocket,
+    minReconnectDelayMs: 5,
+    maxReconnectDelayMs: 20,
+  });
+  const first = client.connect();
+  const conn = await gateway.next();
+  await assert.rejects(first, (err) => err.code === 'token_unavailable' && /auth backend down/.test(err.detail));
+  assert.equal(await conn.closed, 4000);
+  const retry = client.connect();
+  const again = await gateway.next();
+  assert.equal(await again.authorize(), 'fresh');
+  await retry;
+  assert.equal(calls, 2);
+});
