@@ -7,7 +7,8 @@
 FROM rust:1-bookworm AS builder
 WORKDIR /src
 # The whole tree (less .dockerignore): Cargo reads every target the
-# manifest declares (benches, examples) even for a plain build.
+# manifest declares (benches, examples) and every workspace member's
+# manifest even for a plain build, which builds the gateway only.
 COPY . .
 # The same lockfile CI tests with (--locked): the image never resolves
 # other dependency versions than the ones that were tested.

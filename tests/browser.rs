@@ -6,7 +6,7 @@
 //! Needs Debian's `chromium` package (`/usr/bin/chromium`); without it the
 //! test fails and says so rather than passing silently.
 
-mod common;
+use topicgate_test_support as common;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;

@@ -1,6 +1,6 @@
 //! The `topicgate` binary: `check`, `token`, exit codes (SPEC §2, §4).
 
-mod common;
+use topicgate_test_support as common;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

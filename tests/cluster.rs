@@ -1,7 +1,7 @@
 //! `broker.kind = "redis-cluster"`: sharded Pub/Sub on a real 3-master Redis
 //! Cluster started by the test (see `common::cluster`).
 
-mod common;
+use topicgate_test_support as common;
 
 use common::cluster::RedisCluster;
 use common::*;

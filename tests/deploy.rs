@@ -303,6 +303,21 @@ fn every_target_the_manifest_declares_is_in_the_build_context() {
             );
         }
     }
+    // Every workspace member's manifest too: Cargo loads them all.
+    let members = manifest["workspace"]["members"]
+        .as_array()
+        .expect("workspace members");
+    for member in members {
+        let path = match member.as_str().expect("member path") {
+            "." => "Cargo.toml".to_string(),
+            dir => format!("{dir}/Cargo.toml"),
+        };
+        assert!(root().join(&path).is_file(), "workspace member {path}");
+        assert!(
+            !ignored(&path, &patterns),
+            "workspace member {path} is excluded by .dockerignore"
+        );
+    }
     assert!(ignored("fuzz/target/x", &patterns) && !ignored("src/main.rs", &patterns));
 }
 

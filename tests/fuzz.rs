@@ -1,7 +1,7 @@
 //! Property tests: arbitrary input never panics the decoder, the delivery
 //! encoder, or a live session, and every client frame gets exactly one reply.
 
-mod common;
+use topicgate_test_support as common;
 
 use std::sync::OnceLock;
 

@@ -1,6 +1,6 @@
 //! SPEC §5 HTTP endpoints and `topicgate publish` (§4).
 
-mod common;
+use topicgate_test_support as common;
 
 use common::*;
 use serde_json::{Value, json};

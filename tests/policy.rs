@@ -2,7 +2,7 @@
 //! asymmetric keys, claim-templated ACL rules, token expiry and refresh
 //! with partial revocation (SPEC §1 Token lifetime, Revocation; §2).
 
-mod common;
+use topicgate_test_support as common;
 
 use base64_url::encode as b64;
 use common::*;

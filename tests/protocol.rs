@@ -1,7 +1,7 @@
 //! SPEC §1 over a real WebSocket, run once per broker: every test below is
 //! instantiated for the memory broker and for a real `redis-server`.
 
-mod common;
+use topicgate_test_support as common;
 
 use common::*;
 use serde_json::json;

@@ -1,6 +1,6 @@
 //! SPEC §3: the Redis bridge, against real `redis-server` processes.
 
-mod common;
+use topicgate_test_support as common;
 
 use common::*;
 use serde_json::json;

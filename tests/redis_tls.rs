@@ -1,6 +1,6 @@
 //! `rediss://` (SPEC §2): the gateway subscribes and publishes over TLS.
 
-mod common;
+use topicgate_test_support as common;
 
 use common::*;
 use serde_json::json;

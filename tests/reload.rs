@@ -1,7 +1,7 @@
 //! SPEC §2 "Hot reload": edits to the config file apply live, over real
 //! WebSocket clients, without dropping a connection.
 
-mod common;
+use topicgate_test_support as common;
 
 use std::path::{Path, PathBuf};
 

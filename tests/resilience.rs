@@ -2,7 +2,7 @@
 //! clients: heartbeats, slow consumers, connection and request limits,
 //! origins, and SIGTERM on the real binary.
 
-mod common;
+use topicgate_test_support as common;
 
 use common::*;
 use serde_json::json;

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use topicgate::broker::cluster::key_slot;
 use topicgate::config::{Config, RawConfig};
 
-use super::{RedisServer, compile, eventually, with_test_acl};
+use crate::{RedisServer, compile, eventually, with_test_acl};
 
 /// Under the default 15 s, so a node the tests kill and restart is not
 /// failed over, and a failover the tests ask for completes quickly.
@@ -22,7 +22,7 @@ pub struct RedisCluster {
 
 /// A cluster that speaks only TLS and wants a password.
 pub struct Secure {
-    /// CA, certificate and key (`super::make_tls_certs`).
+    /// CA, certificate and key ([`crate::make_tls_certs`]).
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -43,7 +43,7 @@ impl RedisCluster {
         let dir = std::env::temp_dir().join(format!(
             "topicgate-cluster-{}-{}",
             std::process::id(),
-            super::free_port()
+            crate::free_port()
         ));
         let mut cluster = Self {
             nodes: Vec::new(),
@@ -73,14 +73,14 @@ impl RedisCluster {
         let index = self.nodes.len();
         let dir = self.dir.join(index.to_string());
         std::fs::create_dir_all(&dir).expect("cluster node dir");
-        let port = super::free_port();
+        let port = crate::free_port();
         let mut args: Vec<String> = [
             "--cluster-enabled",
             "yes",
             // The bus port defaults to port + 10000, which may be taken or
             // past 65535: give it a free port of its own.
             "--cluster-port",
-            &super::free_port().to_string(),
+            &crate::free_port().to_string(),
             "--cluster-node-timeout",
             NODE_TIMEOUT_MS,
             "--dir",
@@ -113,13 +113,7 @@ impl RedisCluster {
                 secure.password.clone(),
             ]);
         }
-        let mut node = RedisServer {
-            port,
-            args,
-            child: None,
-        };
-        node.spawn();
-        self.nodes.push(node);
+        self.nodes.push(RedisServer::spawned(port, args));
         index
     }
 
