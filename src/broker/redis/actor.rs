@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::Target;
 use crate::broker::engine::{Backoff, BrokerError, Command, Spawn, within};
+use crate::broker::history::{self, Library, LoadError};
 use crate::broker::{Deliver, Delivery};
 use crate::metrics::Metrics;
 
@@ -46,6 +47,8 @@ struct Actor {
     lost_rx: mpsc::UnboundedReceiver<u64>,
     /// Counts reconnects (`topicgate_redis_reconnects_total`).
     metrics: Arc<Metrics>,
+    /// Loaded on every new link: a restarted Redis may have lost it.
+    library: Arc<Library>,
 }
 
 /// Runs the actor on `target` until the broker handle is dropped.
@@ -62,6 +65,7 @@ pub(super) async fn run(target: Target, spawn: Spawn) {
         lost_tx,
         lost_rx,
         metrics: spawn.metrics,
+        library: spawn.library,
     };
     actor.run(spawn.inbox).await;
 }
@@ -91,6 +95,7 @@ impl Actor {
                         }
                         was_connected = true;
                         backoff.reset();
+                        self.load_library().await;
                     }
                     Err(err) => {
                         let max = self.next.as_ref().unwrap_or(&self.target).reconnect_max;
@@ -174,7 +179,12 @@ impl Actor {
         let reader = tokio::spawn(async move {
             while let Some(msg) = stream.next().await {
                 if let Some(topic) = msg.get_channel_name().strip_prefix(&*prefix) {
-                    deliver.deliver(Delivery::new(topic, msg.get_payload_bytes()));
+                    let (position, payload) = history::decode(msg.get_payload_bytes());
+                    deliver.deliver(Delivery {
+                        topic,
+                        payload,
+                        position: position.as_ref(),
+                    });
                 }
             }
             let _ = lost.send(generation);
@@ -185,6 +195,34 @@ impl Actor {
             reader,
         });
         Ok(())
+    }
+
+    /// `FUNCTION LOAD REPLACE` on the Redis just connected to. A refusal
+    /// (Redis older than 7, an ACL) is logged once per link and leaves
+    /// history unavailable; an unanswered load leaves it to the publisher,
+    /// which loads the library where a call finds it missing.
+    async fn load_library(&self) {
+        let addr = self.target.addr.as_str();
+        let loaded = match within(
+            self.target.client.get_multiplexed_async_connection(),
+            addr,
+            "the connection attempt",
+        )
+        .await
+        {
+            Ok(mut connection) => self.library.load(&mut connection, addr).await,
+            Err(err) => Err(LoadError::Unreachable(err)),
+        };
+        match loaded {
+            Ok(()) => self.library.set_loaded(true),
+            Err(LoadError::Refused(err)) => {
+                self.library.set_loaded(false);
+                tracing::warn!(error = %err, addr, "history unavailable: the topicgate function library cannot be loaded");
+            }
+            Err(LoadError::Unreachable(err)) => {
+                tracing::warn!(error = %err, addr, "the topicgate function library was not loaded");
+            }
+        }
     }
 
     async fn handle(&mut self, command: Command) {
