@@ -81,8 +81,10 @@ impl Actor {
                 let moving = self.next.is_some();
                 match self.establish().await {
                     Ok(()) => {
-                        // Ready before the log line, which tests and
-                        // operators take as the sign of a usable broker.
+                        // The library before readiness: a ready broker
+                        // records. Ready before the log line, which tests
+                        // and operators take as the sign of a usable broker.
+                        self.load_library().await;
                         self.ready.send_replace(true);
                         let (topics, addr) = (self.topics.len(), self.target.addr.as_str());
                         if moving {
@@ -95,7 +97,6 @@ impl Actor {
                         }
                         was_connected = true;
                         backoff.reset();
-                        self.load_library().await;
                     }
                     Err(err) => {
                         let max = self.next.as_ref().unwrap_or(&self.target).reconnect_max;
