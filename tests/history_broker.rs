@@ -395,3 +395,96 @@ async fn topics_with_braces_are_recorded_and_read_in_their_slot_on_a_cluster() {
         assert_eq!(count.trim(), "2", "{topic} in slot {slot}");
     }
 }
+
+/// Adds an empty node to `cluster` with `redis-cli --cluster add-node`:
+/// a master without slots, or a replica of node `replica_of`.
+fn join(cluster: &mut RedisCluster, replica_of: Option<usize>) -> usize {
+    let node = cluster.add_node();
+    let mut args = vec![
+        "--cluster".to_string(),
+        "add-node".to_string(),
+        format!("127.0.0.1:{}", cluster.nodes[node].port),
+        format!("127.0.0.1:{}", cluster.nodes[0].port),
+    ];
+    if let Some(master) = replica_of {
+        args.extend([
+            "--cluster-slave".to_string(),
+            "--cluster-master-id".to_string(),
+            cluster.node_id(master),
+        ]);
+    }
+    common::cluster::redis_cli(&args);
+    node
+}
+
+#[tokio::test]
+async fn a_new_master_gets_the_library_and_the_history_moves_with_its_slot() {
+    let mut cluster = RedisCluster::start(3).await;
+    let fresh = join(&mut cluster, None);
+    cluster.wait_until_ok().await;
+    let mut h = Harness::start(&cluster.gateway_config(""), history(10, 60)).await;
+    // `reshard` moves a source's lowest slots first: 0..20 go to the new node.
+    let topic = RedisCluster::topic_where("t-moving", "", |slot| slot < 20);
+    h.broker.subscribe(&topic).await.expect("subscribed");
+    let first = h.recorded(&topic, "1").await;
+    assert_eq!(h.next().await, delivered(&topic, "1", Some(first.clone())));
+    assert!(
+        !cluster
+            .cli(fresh, &["FUNCTION", "LIST"])
+            .contains("topicgate")
+    );
+
+    cluster.reshard(0, fresh, 20);
+    let slot = broker::cluster::key_slot(topic.as_bytes());
+    assert_eq!(cluster.owner_of_slot(slot), Some(fresh), "the slot moved");
+    eventually("the topic SSUBSCRIBEd on its new master", || async {
+        cluster.shard_numsub(fresh, &topic) == 1
+    })
+    .await;
+    assert!(
+        cluster
+            .cli(fresh, &["FUNCTION", "LIST"])
+            .contains("topicgate")
+    );
+    let answer = cluster.cli(1, &["-c", "FCALL", "topicgate_publish", "1", &topic, "2"]);
+    assert_eq!(answer.trim(), "2", "offsets go on in the same epoch");
+    let second = Position::new(2, first.epoch.clone());
+    assert_eq!(h.next().await, delivered(&topic, "2", Some(second)));
+    let range = h.broker.history(&topic, Some(first.clone())).await;
+    assert!(range.expect("read").recovers(&first));
+}
+
+#[tokio::test]
+async fn a_failover_to_a_replica_with_the_history_keeps_it_recoverable() {
+    let mut cluster = RedisCluster::start(3).await;
+    let replica = join(&mut cluster, Some(0));
+    eventually("the replica in sync with node 0", || async {
+        cluster
+            .cli(replica, &["INFO", "replication"])
+            .contains("master_link_status:up")
+    })
+    .await;
+    cluster.wait_until_ok().await;
+    let mut h = Harness::start(&cluster.gateway_config(""), history(10, 60)).await;
+    let topic = cluster.topic_per_shard("t-failover")[0].clone();
+    h.broker.subscribe(&topic).await.expect("subscribed");
+    let first = h.recorded(&topic, "1").await;
+    assert_eq!(h.next().await, delivered(&topic, "1", Some(first.clone())));
+
+    // A manual failover waits for the replica to catch up: nothing is lost.
+    cluster.cli(replica, &["CLUSTER", "FAILOVER"]);
+    eventually("the replica promoted", || async {
+        cluster.cli(replica, &["ROLE"]).starts_with("master")
+    })
+    .await;
+    eventually("the topic SSUBSCRIBEd on the promoted node", || async {
+        cluster.shard_numsub(replica, &topic) == 1
+    })
+    .await;
+    let answer = cluster.cli(1, &["-c", "FCALL", "topicgate_publish", "1", &topic, "2"]);
+    assert_eq!(answer.trim(), "2");
+    let second = Position::new(2, first.epoch.clone());
+    assert_eq!(h.next().await, delivered(&topic, "2", Some(second)));
+    let range = h.broker.history(&topic, Some(first.clone())).await;
+    assert!(range.expect("read").recovers(&first));
+}
