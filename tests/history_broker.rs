@@ -290,6 +290,25 @@ async fn the_epoch_survives_a_lost_stream_and_a_lost_meta_key_starts_a_new_one()
     let range = h.broker.history("t-x", Some(since)).await.expect("read");
     let payloads: Vec<&[u8]> = range.messages.iter().map(|m| m.payload.as_ref()).collect();
     assert_eq!(payloads, [&b"5"[..]]);
+
+    // A meta key behind its stream (restored apart from it): its offsets
+    // cannot go on, so a new epoch starts rather than reuse one.
+    assert_eq!(h.recorded("t-x", "6").await.offset, 2);
+    assert_eq!(
+        cli(redis.port, &["HSET", "topicgate:meta:{t-x}", "offset", "1"]),
+        "0"
+    );
+    let restarted = h.recorded("t-x", "7").await;
+    assert_eq!(restarted.offset, 1);
+    assert_ne!(restarted.epoch, renewed.epoch);
+    let since = Position::new(0, restarted.epoch.clone());
+    let range = h
+        .broker
+        .history("t-x", Some(since.clone()))
+        .await
+        .expect("read");
+    assert!(range.recovers(&since));
+    assert_eq!(range.messages.len(), 1);
 }
 
 #[tokio::test]
@@ -319,6 +338,12 @@ async fn the_library_is_loaded_again_after_redis_restarts() {
     assert_eq!(after.offset, 1);
     assert_ne!(after.epoch, before.epoch);
     assert_eq!(h.broker.history_status(), HistoryStatus::Available);
+
+    // Functions removed behind the broker's back: its next publish loads
+    // the library again and records.
+    assert_eq!(cli(redis.port, &["FUNCTION", "FLUSH"]), "OK");
+    assert_eq!(h.recorded("t-restart", "reloaded").await.offset, 2);
+    assert!(cli(redis.port, &["FUNCTION", "LIST"]).contains("topicgate"));
 }
 
 #[tokio::test]
@@ -393,6 +418,20 @@ async fn topics_with_braces_are_recorded_and_read_in_their_slot_on_a_cluster() {
         let owner = cluster.owner_of_slot(slot).expect("an owner");
         let count = cluster.cli(owner, &["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()]);
         assert_eq!(count.trim(), "2", "{topic} in slot {slot}");
+    }
+
+    // Functions removed from every master: the next publish loads the
+    // library on all of them again.
+    for node in 0..cluster.nodes.len() {
+        assert_eq!(cluster.cli(node, &["FUNCTION", "FLUSH"]).trim(), "OK");
+    }
+    assert_eq!(h.recorded("chat", "three").await.offset, 3);
+    for node in 0..cluster.nodes.len() {
+        assert!(
+            cluster
+                .cli(node, &["FUNCTION", "LIST"])
+                .contains("topicgate")
+        );
     }
 }
 
