@@ -12,7 +12,9 @@
 //! [`memory`] (one process, no Redis). The two Redis engines share their
 //! handle, command type, errors and connection helpers (`engine`) and
 //! differ only in their topology. A new engine is one module implementing
-//! the trait.
+//! the trait. The Redis engines record through the Redis Function library
+//! `topicgate` (`history`), which every replica loads and any publisher,
+//! `redis-cli` included, may call.
 
 pub mod cluster;
 mod engine;

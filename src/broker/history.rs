@@ -11,7 +11,7 @@
 
 mod frame;
 #[cfg(test)]
-mod keys;
+pub(crate) mod keys;
 mod library;
 mod reply;
 

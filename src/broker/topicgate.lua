@@ -45,7 +45,8 @@ local MAGIC = '\0tg1:'
 --   '#{' .. T .. '}' .. channel  otherwise (e.g. 'a}b', '{}x'), where T is
 --                             two or three bytes whose CRC16 is the slot.
 -- The leading character tells the forms apart, so two channels never share
--- a key. The gateway derives the same names (src/broker/history/keys.rs).
+-- a key. src/broker/history/keys.rs derives the same names in Rust, and its
+-- tests check both against Redis's hashing.
 
 -- Built on first use: the loading environment offers no library (`bit`
 -- and `string` exist only when a function runs).

@@ -191,3 +191,36 @@ async fn the_handle_subscribes_and_delivers_unrecorded_with_history_off() {
     ready.wait_for(|ready| !*ready).await.expect("actor runs");
     assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn the_library_writes_the_keys_the_gateway_derives() {
+    let server = Server::start(&[]);
+    let library = Library::new(HistorySettings::default(), false);
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/0", server.port)).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let addr = format!("127.0.0.1:{}", server.port);
+    library.load(&mut conn, &addr).await.expect("loaded");
+    let channels: [&[u8]; 6] = [b"chat", b"a{b}c", b"{x}", b"a}b", b"{}y", b"x{y"];
+    for channel in channels {
+        let channel = std::str::from_utf8(channel).expect("utf-8");
+        let recorded = library.record(&mut conn, channel, b"p", &addr).await;
+        assert!(matches!(recorded, Ok(Call::Done(Some(_)))), "{channel}");
+        let (meta, stream) = crate::broker::history::keys::history_keys(channel.as_bytes());
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg(&meta)
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await
+            .expect("EXISTS");
+        assert_eq!(exists, 2, "{channel}");
+    }
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    assert_eq!(keys.len(), 2 * channels.len());
+}
