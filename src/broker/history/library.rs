@@ -21,6 +21,11 @@ use crate::broker::engine::{BrokerError, IO_TIMEOUT, from_redis};
 /// filled in by [`Library::new`].
 const SOURCE: &str = include_str!("../topicgate.lua");
 
+/// A TTL of a hundred years is as good as none.
+const MAX_TTL_SECS: u64 = 100 * 365 * 24 * 3600;
+/// More messages per topic than any Redis could hold.
+const MAX_SIZE: usize = 1 << 40;
+
 /// Not known yet: try it, and load it where it is missing.
 const UNKNOWN: u8 = 0;
 /// Loaded on every Redis this engine publishes to.
@@ -48,10 +53,12 @@ impl Library {
     /// The library for `settings`, publishing with `SPUBLISH` when
     /// `sharded` (a Redis Cluster engine), else `PUBLISH`.
     pub(crate) fn new(settings: HistorySettings, sharded: bool) -> Self {
-        // EXPIRE 0 would delete at once: a TTL is at least a second.
-        let ttl = settings.ttl.as_secs().max(1);
+        // EXPIRE 0 would delete at once: a TTL is at least a second. Both
+        // saturate well below where Lua would print them with an exponent.
+        let ttl = settings.ttl.as_secs().clamp(1, MAX_TTL_SECS);
+        let size = settings.size.min(MAX_SIZE);
         let code = SOURCE
-            .replacen("__SIZE__", &settings.size.to_string(), 1)
+            .replacen("__SIZE__", &size.to_string(), 1)
             .replacen("__TTL__", &ttl.to_string(), 1)
             .replacen("__SHARDED__", if sharded { "true" } else { "false" }, 1);
         Self {

@@ -25,6 +25,14 @@ fn the_settings_and_broker_kind_are_written_into_the_library() {
     assert!(library.code.contains("local SHARDED = false "));
     assert_eq!(library.status(), HistoryStatus::Off);
     assert!(!library.records());
+    // Huge settings saturate to numbers Lua still writes as integers.
+    let library = Library::new(settings(usize::MAX, u64::MAX), false);
+    assert!(
+        library
+            .code
+            .contains(&format!("local SIZE = {} ", 1u64 << 40))
+    );
+    assert!(library.code.contains("local TTL = 3153600000 "));
 }
 
 #[test]
