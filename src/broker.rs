@@ -12,7 +12,9 @@
 //! [`memory`] (one process, no Redis). The two Redis engines share their
 //! handle, command type, errors and connection helpers (`engine`) and
 //! differ only in their topology. A new engine is one module implementing
-//! the trait.
+//! the trait. The Redis engines record through the Redis Function library
+//! `topicgate` (`history`), which every replica loads and any publisher,
+//! `redis-cli` included, may call.
 
 pub mod cluster;
 mod engine;
@@ -27,7 +29,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 pub use engine::BrokerError;
-pub use history::{Position, Range, Recorded};
+pub use history::{HistorySettings, HistoryStatus, Position, Range, Recorded};
 
 use crate::config::{BrokerKind, Config};
 use crate::metrics::Metrics;
@@ -89,13 +91,30 @@ pub trait Broker: Send + Sync + 'static {
     fn live(&self, topic: &str) -> Result<(), BrokerError>;
     /// `broker.kind` as configured, for `/readyz` and logs.
     fn kind(&self) -> &'static str;
+    /// Whether publishes through this broker are recorded (`/readyz`).
+    fn history_status(&self) -> HistoryStatus;
 }
 
-/// Starts the broker `config.broker` names, delivering into `target`.
-pub fn start(config: &Config, target: Arc<dyn Deliver>, metrics: Arc<Metrics>) -> Arc<dyn Broker> {
+/// Starts the broker `config.broker` names, delivering into `target` and
+/// recording as `history` says.
+pub fn start(
+    config: &Config,
+    target: Arc<dyn Deliver>,
+    metrics: Arc<Metrics>,
+    history: HistorySettings,
+) -> Arc<dyn Broker> {
     match config.broker {
-        BrokerKind::Memory => Arc::new(memory::MemoryBroker::new(target)),
-        BrokerKind::Redis => Arc::new(redis::start(config.redis.clone(), target, metrics)),
-        BrokerKind::RedisCluster => Arc::new(cluster::start(config.redis.clone(), target, metrics)),
+        BrokerKind::Memory => Arc::new(memory::MemoryBroker::with_history(
+            target,
+            history.size,
+            history.ttl,
+        )),
+        BrokerKind::Redis => Arc::new(redis::start(config.redis.clone(), target, metrics, history)),
+        BrokerKind::RedisCluster => Arc::new(cluster::start(
+            config.redis.clone(),
+            target,
+            metrics,
+            history,
+        )),
     }
 }

@@ -90,7 +90,12 @@ impl Gateway {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(metrics.clone()));
-        let broker = broker::start(&config, registry.clone(), metrics.clone());
+        let broker = broker::start(
+            &config,
+            registry.clone(),
+            metrics.clone(),
+            Default::default(),
+        );
         let (config_tx, config_rx) = watch::channel(config);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {

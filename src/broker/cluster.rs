@@ -23,7 +23,8 @@ use redis::{ConnectionAddr, ConnectionInfo, ProtocolVersion};
 use tokio::sync::OnceCell;
 
 use super::engine::{BrokerError, Handle, IO_TIMEOUT, Publish, Spawn, addr_of, url_info, within};
-use super::{Deliver, Position};
+use super::history::{Call, Library};
+use super::{Deliver, HistorySettings, Position, Range};
 use crate::config::Redis;
 use crate::metrics::Metrics;
 
@@ -44,6 +45,7 @@ pub(crate) fn start(
     settings: Redis,
     deliver: Arc<dyn Deliver>,
     metrics: Arc<Metrics>,
+    history: HistorySettings,
 ) -> ClusterBroker {
     Handle::start(
         "redis-cluster",
@@ -51,6 +53,7 @@ pub(crate) fn start(
         deliver,
         metrics,
         true,
+        history,
         |spawn: Spawn| {
             let target = Target::new(&spawn.settings)?;
             actor::spawn(target, spawn);
@@ -59,7 +62,8 @@ pub(crate) fn start(
     )
 }
 
-/// The SPUBLISH path: a cluster connection, made on first use.
+/// The publishing path: a cluster connection, made on first use, which
+/// routes each call to the master of its channel's slot.
 pub(crate) struct Publisher {
     /// `Err` holds why the client could not be built.
     client: Result<ClusterClient, BrokerError>,
@@ -67,10 +71,12 @@ pub(crate) struct Publisher {
     prefix: Arc<str>,
     /// The seed nodes' `host:port`, for errors.
     addr: String,
+    /// Records publishes (FCALL) while usable; else plain SPUBLISH.
+    library: Arc<Library>,
 }
 
 impl Publish for Publisher {
-    fn new(settings: &Redis) -> Self {
+    fn new(settings: &Redis, library: Arc<Library>) -> Self {
         let seeds = Seeds::new(settings);
         let addr = seeds
             .as_ref()
@@ -87,6 +93,7 @@ impl Publish for Publisher {
             connection: OnceCell::new(),
             prefix: settings.channel_prefix.as_str().into(),
             addr,
+            library,
         }
     }
 
@@ -101,13 +108,35 @@ impl Publish for Publisher {
     ) -> BoxFuture<'static, Result<Option<Position>, BrokerError>> {
         async move {
             let mut connection = self.connection().await?;
+            let channel = format!("{}{topic}", self.prefix);
+            // A missing library is loaded on every master at once: the
+            // cluster connection sends FUNCTION LOAD to all of them.
+            let recorded = self
+                .library
+                .record(&mut connection, &channel, &payload, &self.addr);
+            if let Call::Done(position) = recorded.await? {
+                return Ok(position);
+            }
             let mut command = redis::cmd("SPUBLISH");
-            command
-                .arg(format!("{}{topic}", self.prefix))
-                .arg(payload.as_ref());
+            command.arg(channel).arg(payload.as_ref());
             let _receivers: i64 =
                 within(command.query_async(&mut connection), &self.addr, "SPUBLISH").await?;
             Ok(None)
+        }
+        .boxed()
+    }
+
+    fn history(
+        self: Arc<Self>,
+        topic: String,
+        since: Option<Position>,
+    ) -> BoxFuture<'static, Result<Range, BrokerError>> {
+        async move {
+            let mut connection = self.connection().await?;
+            let channel = format!("{}{topic}", self.prefix);
+            self.library
+                .read(&mut connection, &channel, since.as_ref(), &self.addr)
+                .await
         }
         .boxed()
     }

@@ -4,10 +4,65 @@
 //! next) within an epoch, which names one life of the topic's history:
 //! when that history is lost the epoch changes and offsets restart
 //! (`docs/PROTOCOL.md`, history and recovery).
+//!
+//! The Redis engines record through the Redis Function library `topicgate`
+//! (`topicgate.lua`, rendered and loaded by `library`); a recorded message
+//! reaches subscribers framed with its position (`frame`).
+
+mod frame;
+#[cfg(test)]
+pub(crate) mod keys;
+mod library;
+mod reply;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+
+pub(crate) use frame::decode;
+pub(crate) use library::{Call, Library, LoadError};
+
+/// `[history]`: what a broker records per topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistorySettings {
+    /// Messages kept per topic; 0 records nothing.
+    pub size: usize,
+    /// How long a topic's messages outlive its last recorded publish.
+    pub ttl: Duration,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        Self {
+            size: 100,
+            ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Whether a broker records publishes now, for `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryStatus {
+    /// `history.size` is 0.
+    Off,
+    /// Publishes through the broker are recorded.
+    Available,
+    /// History is configured but cannot be kept (the Redis Function library
+    /// could not be loaded): publishes go out unrecorded.
+    Unavailable,
+}
+
+impl HistoryStatus {
+    /// The word `/readyz` reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Available => "available",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
 
 /// Where a recorded message sits in its topic's history.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -14,7 +14,7 @@ use futures_util::future::{BoxFuture, FutureExt, ready};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Broker, BrokerError, Deliver, Delivery, Position, Range, Recorded};
+use super::{Broker, BrokerError, Deliver, Delivery, HistoryStatus, Position, Range, Recorded};
 use crate::sync::lock;
 
 /// Messages kept per topic unless told otherwise (`history.size`).
@@ -202,6 +202,14 @@ impl Broker for MemoryBroker {
 
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    fn history_status(&self) -> HistoryStatus {
+        if lock(&self.histories).size == 0 {
+            HistoryStatus::Off
+        } else {
+            HistoryStatus::Available
+        }
     }
 }
 

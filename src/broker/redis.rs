@@ -16,7 +16,8 @@ use futures_util::future::{BoxFuture, FutureExt};
 use super::engine::{
     BrokerError, Handle, IO_TIMEOUT, Publish, Spawn, addr_of, from_pool, url_info, within,
 };
-use super::{Deliver, Position};
+use super::history::{Call, Library};
+use super::{Deliver, HistorySettings, Position, Range};
 use crate::config::Redis;
 use crate::metrics::Metrics;
 
@@ -29,6 +30,7 @@ pub(crate) fn start(
     settings: Redis,
     deliver: Arc<dyn Deliver>,
     metrics: Arc<Metrics>,
+    history: HistorySettings,
 ) -> RedisBroker {
     Handle::start(
         "redis",
@@ -36,6 +38,7 @@ pub(crate) fn start(
         deliver,
         metrics,
         false,
+        history,
         |spawn: Spawn| {
             let target = Target::new(&spawn.settings)?;
             tokio::spawn(actor::run(target, spawn));
@@ -44,7 +47,8 @@ pub(crate) fn start(
     )
 }
 
-/// A PUBLISH path: pooled connections and the channel prefix.
+/// A publishing path: pooled connections, the channel prefix and the
+/// history library.
 pub(crate) struct Publisher {
     /// `Err` holds why the pool could not be built.
     pool: Result<deadpool_redis::Pool, BrokerError>,
@@ -52,10 +56,12 @@ pub(crate) struct Publisher {
     prefix: Arc<str>,
     /// `host:port`, for errors.
     addr: String,
+    /// Records publishes (FCALL) while usable; else plain PUBLISH.
+    library: Arc<Library>,
 }
 
 impl Publish for Publisher {
-    fn new(settings: &Redis) -> Self {
+    fn new(settings: &Redis, library: Arc<Library>) -> Self {
         let info = url_info(&settings.url, settings.password.as_deref());
         let addr = info
             .as_ref()
@@ -75,6 +81,7 @@ impl Publish for Publisher {
             pool,
             prefix: settings.channel_prefix.as_str().into(),
             addr,
+            library,
         }
     }
 
@@ -93,13 +100,37 @@ impl Publish for Publisher {
                 .get()
                 .await
                 .map_err(|err| from_pool(&err, &self.addr))?;
+            let channel = format!("{}{topic}", self.prefix);
+            let recorded = self
+                .library
+                .record(&mut conn, &channel, &payload, &self.addr);
+            if let Call::Done(position) = recorded.await? {
+                return Ok(position);
+            }
             let mut command = redis::cmd("PUBLISH");
-            command
-                .arg(format!("{}{topic}", self.prefix))
-                .arg(payload.as_ref());
+            command.arg(channel).arg(payload.as_ref());
             let _receivers: i64 =
                 within(command.query_async(&mut conn), &self.addr, "PUBLISH").await?;
             Ok(None)
+        }
+        .boxed()
+    }
+
+    fn history(
+        self: Arc<Self>,
+        topic: String,
+        since: Option<Position>,
+    ) -> BoxFuture<'static, Result<Range, BrokerError>> {
+        async move {
+            let pool = self.pool.as_ref().map_err(Clone::clone)?;
+            let mut conn = pool
+                .get()
+                .await
+                .map_err(|err| from_pool(&err, &self.addr))?;
+            let channel = format!("{}{topic}", self.prefix);
+            self.library
+                .read(&mut conn, &channel, since.as_ref(), &self.addr)
+                .await
         }
         .boxed()
     }

@@ -14,6 +14,7 @@ use super::slots::{SlotMap, key_slot};
 use super::{Node, Target};
 use crate::broker::Deliver;
 use crate::broker::engine::{Backoff, BrokerError, Command, IO_TIMEOUT, Spawn, from_redis, within};
+use crate::broker::history::Library;
 use crate::config::Redis;
 use crate::metrics::Metrics;
 
@@ -42,6 +43,7 @@ pub(super) fn spawn(target: Target, spawn: Spawn) {
         generation: 0,
         events_tx,
         metrics: spawn.metrics,
+        library: spawn.library,
     };
     tokio::spawn(actor.run(spawn.inbox, events));
 }
@@ -51,6 +53,9 @@ struct Link {
     connection: MultiplexedConnection,
     /// Tells a stale report about an earlier connection from this one's.
     generation: u64,
+    /// Whether the history library was loaded on this master: `None` when
+    /// the load went unanswered.
+    library: Option<bool>,
 }
 
 /// What a link's push handler reports to the actor.
@@ -76,6 +81,9 @@ struct Actor {
     events_tx: mpsc::UnboundedSender<Event>,
     /// Counts recoveries (`topicgate_redis_reconnects_total`).
     metrics: Arc<Metrics>,
+    /// Loaded on each new master link (a new master after a failover or a
+    /// slot move may lack it); available while every master has it.
+    library: Arc<Library>,
 }
 
 impl Actor {
@@ -91,7 +99,9 @@ impl Actor {
         let mut disturbed = false;
         loop {
             if Instant::now() >= next_check {
-                match self.reconcile().await {
+                let reconciled = self.reconcile().await;
+                self.note_library();
+                match reconciled {
                     Ok(()) => {
                         let was_ready = self.ready.send_replace(true);
                         if !was_connected {
@@ -194,6 +204,17 @@ impl Actor {
                     false
                 }
             }
+        }
+    }
+
+    /// History is unavailable while a master refused the library, and
+    /// available once every master has it.
+    fn note_library(&self) {
+        let links = || self.links.values().map(|link| link.library);
+        if links().any(|loaded| loaded == Some(false)) {
+            self.library.set_loaded(false);
+        } else if !self.links.is_empty() && links().all(|loaded| loaded == Some(true)) {
+            self.library.set_loaded(true);
         }
     }
 

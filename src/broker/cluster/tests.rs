@@ -145,7 +145,8 @@ async fn publishing_to_unreachable_seeds_names_them() {
         reconnect_max: Duration::from_secs(1),
         nodes: vec![format!("redis://127.0.0.1:{port}")],
     };
-    let publisher = Arc::new(Publisher::new(&settings));
+    let library = Arc::new(Library::new(HistorySettings::default(), true));
+    let publisher = Arc::new(Publisher::new(&settings, library));
     let err = publisher
         .publish("t".into(), Bytes::from_static(b"x"))
         .await

@@ -11,7 +11,8 @@ use futures_util::future::{BoxFuture, FutureExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{BrokerError, Command};
-use crate::broker::{Broker, Deliver, Position, Range};
+use crate::broker::history::Library;
+use crate::broker::{Broker, Deliver, HistorySettings, HistoryStatus, Position, Range};
 use crate::config::{Config, Redis};
 use crate::metrics::Metrics;
 use crate::sync::lock;
@@ -24,15 +25,23 @@ pub(crate) type Waiting = Arc<Mutex<HashSet<String>>>;
 /// An engine's publishing path for one set of `[redis]` settings; replaced
 /// whole when they change.
 pub(crate) trait Publish: Send + Sync + Sized + 'static {
-    fn new(settings: &Redis) -> Self;
+    /// A publishing path recording through `library` while it is usable.
+    fn new(settings: &Redis, library: Arc<Library>) -> Self;
     /// Where it publishes, as errors name it (no credentials).
     fn addr(&self) -> &str;
-    /// Publishes `payload` to `topic`'s channel.
+    /// Publishes `payload` to `topic`'s channel, recorded when history is
+    /// available.
     fn publish(
         self: Arc<Self>,
         topic: String,
         payload: Bytes,
     ) -> BoxFuture<'static, Result<Option<Position>, BrokerError>>;
+    /// Reads `topic`'s recorded range (see [`Broker::history`]).
+    fn history(
+        self: Arc<Self>,
+        topic: String,
+        since: Option<Position>,
+    ) -> BoxFuture<'static, Result<Range, BrokerError>>;
 }
 
 /// What an engine's actor starts with.
@@ -45,6 +54,8 @@ pub(crate) struct Spawn {
     pub inbox: mpsc::UnboundedReceiver<Command>,
     /// Present for sharded engines (see [`Waiting`]).
     pub waiting: Option<Waiting>,
+    /// The history library, loaded by the actor on each new connection.
+    pub library: Arc<Library>,
 }
 
 /// A Redis engine as the hub sees it.
@@ -63,23 +74,27 @@ pub(crate) struct Handle<P> {
     settings: Mutex<Redis>,
     /// `None` when one connection carries every topic.
     waiting: Option<Waiting>,
+    /// Shared with the actor and every publisher: whether recording works.
+    library: Arc<Library>,
 }
 
 impl<P: Publish> Handle<P> {
     /// Spawns the engine's actor with `spawn`; it connects at once and
     /// keeps retrying while Redis is away. With `sharded`, topics are live
-    /// or not one by one.
+    /// or not one by one, and recorded messages go out with `SPUBLISH`.
     pub(crate) fn start(
         kind: &'static str,
         settings: Redis,
         deliver: Arc<dyn Deliver>,
         metrics: Arc<Metrics>,
         sharded: bool,
+        history: HistorySettings,
         spawn: impl FnOnce(Spawn) -> Result<(), BrokerError>,
     ) -> Self {
         let (commands, inbox) = mpsc::unbounded_channel();
         let (ready_tx, ready) = watch::channel(false);
         let waiting = sharded.then(Waiting::default);
+        let library = Arc::new(Library::new(history, sharded));
         let started = spawn(Spawn {
             settings: settings.clone(),
             deliver,
@@ -87,6 +102,7 @@ impl<P: Publish> Handle<P> {
             ready: ready_tx,
             inbox,
             waiting: waiting.clone(),
+            library: library.clone(),
         });
         if let Err(err) = started {
             // The actor is gone: subscribes answer `Stopped`, readiness
@@ -97,9 +113,10 @@ impl<P: Publish> Handle<P> {
             kind,
             commands,
             ready,
-            publisher: Mutex::new(Arc::new(P::new(&settings))),
+            publisher: Mutex::new(Arc::new(P::new(&settings, library.clone()))),
             settings: Mutex::new(settings),
             waiting,
+            library,
         }
     }
 }
@@ -134,13 +151,14 @@ impl<P: Publish> Broker for Handle<P> {
             .publish(topic.to_string(), payload)
     }
 
-    /// The Redis engines record nothing yet: every topic has no history.
     fn history(
         &self,
-        _topic: &str,
-        _since: Option<Position>,
+        topic: &str,
+        since: Option<Position>,
     ) -> BoxFuture<'static, Result<Range, BrokerError>> {
-        futures_util::future::ready(Ok(Range::none())).boxed()
+        lock(&self.publisher)
+            .clone()
+            .history(topic.to_string(), since)
     }
 
     fn reconfigure(&self, config: &Config) {
@@ -152,7 +170,7 @@ impl<P: Publish> Broker for Handle<P> {
             *settings = config.redis.clone();
             settings.clone()
         };
-        *lock(&self.publisher) = Arc::new(P::new(&settings));
+        *lock(&self.publisher) = Arc::new(P::new(&settings, self.library.clone()));
         let _ = self.commands.send(Command::Reconfigure(settings));
     }
 
@@ -175,5 +193,9 @@ impl<P: Publish> Broker for Handle<P> {
 
     fn kind(&self) -> &'static str {
         self.kind
+    }
+
+    fn history_status(&self) -> HistoryStatus {
+        self.library.status()
     }
 }

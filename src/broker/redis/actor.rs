@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::Target;
 use crate::broker::engine::{Backoff, BrokerError, Command, Spawn, within};
+use crate::broker::history::{self, Library, LoadError};
 use crate::broker::{Deliver, Delivery};
 use crate::metrics::Metrics;
 
@@ -46,6 +47,8 @@ struct Actor {
     lost_rx: mpsc::UnboundedReceiver<u64>,
     /// Counts reconnects (`topicgate_redis_reconnects_total`).
     metrics: Arc<Metrics>,
+    /// Loaded on every new link: a restarted Redis may have lost it.
+    library: Arc<Library>,
 }
 
 /// Runs the actor on `target` until the broker handle is dropped.
@@ -62,6 +65,7 @@ pub(super) async fn run(target: Target, spawn: Spawn) {
         lost_tx,
         lost_rx,
         metrics: spawn.metrics,
+        library: spawn.library,
     };
     actor.run(spawn.inbox).await;
 }
@@ -77,8 +81,10 @@ impl Actor {
                 let moving = self.next.is_some();
                 match self.establish().await {
                     Ok(()) => {
-                        // Ready before the log line, which tests and
-                        // operators take as the sign of a usable broker.
+                        // The library before readiness: a ready broker
+                        // records. Ready before the log line, which tests
+                        // and operators take as the sign of a usable broker.
+                        self.load_library().await;
                         self.ready.send_replace(true);
                         let (topics, addr) = (self.topics.len(), self.target.addr.as_str());
                         if moving {
@@ -174,7 +180,12 @@ impl Actor {
         let reader = tokio::spawn(async move {
             while let Some(msg) = stream.next().await {
                 if let Some(topic) = msg.get_channel_name().strip_prefix(&*prefix) {
-                    deliver.deliver(Delivery::new(topic, msg.get_payload_bytes()));
+                    let (position, payload) = history::decode(msg.get_payload_bytes());
+                    deliver.deliver(Delivery {
+                        topic,
+                        payload,
+                        position: position.as_ref(),
+                    });
                 }
             }
             let _ = lost.send(generation);
@@ -185,6 +196,34 @@ impl Actor {
             reader,
         });
         Ok(())
+    }
+
+    /// `FUNCTION LOAD REPLACE` on the Redis just connected to. A refusal
+    /// (Redis older than 7, an ACL) is logged once per link and leaves
+    /// history unavailable; an unanswered load leaves it to the publisher,
+    /// which loads the library where a call finds it missing.
+    async fn load_library(&self) {
+        let addr = self.target.addr.as_str();
+        let loaded = match within(
+            self.target.client.get_multiplexed_async_connection(),
+            addr,
+            "the connection attempt",
+        )
+        .await
+        {
+            Ok(mut connection) => self.library.load(&mut connection, addr).await,
+            Err(err) => Err(LoadError::Unreachable(err)),
+        };
+        match loaded {
+            Ok(()) => self.library.set_loaded(true),
+            Err(LoadError::Refused(err)) => {
+                self.library.set_loaded(false);
+                tracing::warn!(error = %err, addr, "history unavailable: the topicgate function library cannot be loaded");
+            }
+            Err(LoadError::Unreachable(err)) => {
+                tracing::warn!(error = %err, addr, "the topicgate function library was not loaded");
+            }
+        }
     }
 
     async fn handle(&mut self, command: Command) {

@@ -8,6 +8,15 @@ use std::time::Duration;
 use super::*;
 use crate::broker::{Broker, Delivery, Range};
 
+/// A library with history off: these publishes are plain.
+fn plain() -> Arc<Library> {
+    let off = HistorySettings {
+        size: 0,
+        ..HistorySettings::default()
+    };
+    Arc::new(Library::new(off, false))
+}
+
 /// A `redis-server` child on a free port, killed on drop.
 struct Server {
     port: u16,
@@ -79,7 +88,7 @@ impl Deliver for Count {
 #[tokio::test]
 async fn publishing_to_a_closed_port_is_not_connected_with_its_address() {
     let port = free_port();
-    let publisher = Arc::new(Publisher::new(&settings(port, Some("hunter2"))));
+    let publisher = Arc::new(Publisher::new(&settings(port, Some("hunter2")), plain()));
     let err = publisher
         .publish("t".into(), Bytes::from_static(b"x"))
         .await
@@ -106,7 +115,10 @@ async fn publishing_to_a_closed_port_is_not_connected_with_its_address() {
 async fn publishing_with_a_wrong_password_is_authentication_refused() {
     let server = Server::start(&["--requirepass", "right"]);
     let addr = format!("127.0.0.1:{}", server.port);
-    let wrong = Arc::new(Publisher::new(&settings(server.port, Some("wrong"))));
+    let wrong = Arc::new(Publisher::new(
+        &settings(server.port, Some("wrong")),
+        plain(),
+    ));
     let err = wrong
         .publish("t".into(), Bytes::from_static(b"x"))
         .await
@@ -116,14 +128,17 @@ async fn publishing_with_a_wrong_password_is_authentication_refused() {
         err.to_string(),
         format!("redis refused authentication at {addr}")
     );
-    let none = Arc::new(Publisher::new(&settings(server.port, None)));
+    let none = Arc::new(Publisher::new(&settings(server.port, None), plain()));
     let err = none
         .publish("t".into(), Bytes::from_static(b"x"))
         .await
         .expect_err("no password");
     assert_eq!(err, BrokerError::AuthRefused { addr: addr.clone() });
 
-    let right = Arc::new(Publisher::new(&settings(server.port, Some("right"))));
+    let right = Arc::new(Publisher::new(
+        &settings(server.port, Some("right")),
+        plain(),
+    ));
     assert_eq!(
         right.publish("t".into(), Bytes::from_static(b"x")).await,
         Ok(None),
@@ -135,7 +150,12 @@ async fn publishing_with_a_wrong_password_is_authentication_refused() {
 async fn a_subscribe_while_redis_is_away_names_the_address() {
     let port = free_port();
     let count = Arc::new(Count::default());
-    let broker = start(settings(port, None), count, Arc::new(Metrics::new()));
+    let broker = start(
+        settings(port, None),
+        count,
+        Arc::new(Metrics::new()),
+        HistorySettings::default(),
+    );
     let not_connected = Err(BrokerError::not_connected(format!("127.0.0.1:{port}")));
     assert_eq!(broker.subscribe("t").await, not_connected);
     assert_eq!(broker.live("t"), not_connected);
@@ -143,13 +163,18 @@ async fn a_subscribe_while_redis_is_away_names_the_address() {
 }
 
 #[tokio::test]
-async fn the_handle_subscribes_delivers_and_reads_no_history() {
+async fn the_handle_subscribes_and_delivers_unrecorded_with_history_off() {
     let server = Server::start(&[]);
     let count = Arc::new(Count::default());
+    let off = HistorySettings {
+        size: 0,
+        ..HistorySettings::default()
+    };
     let broker = start(
         settings(server.port, None),
         count.clone(),
         Arc::new(Metrics::new()),
+        off,
     );
     let mut ready = broker.ready();
     ready.wait_for(|ready| *ready).await.expect("actor runs");
@@ -161,7 +186,41 @@ async fn the_handle_subscribes_delivers_and_reads_no_history() {
     );
     assert_eq!(broker.history("t", None).await, Ok(Range::none()));
     assert_eq!(broker.kind(), "redis");
+    assert_eq!(broker.history_status(), crate::broker::HistoryStatus::Off);
     drop(server);
     ready.wait_for(|ready| !*ready).await.expect("actor runs");
     assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn the_library_writes_the_keys_the_gateway_derives() {
+    let server = Server::start(&[]);
+    let library = Library::new(HistorySettings::default(), false);
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/0", server.port)).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let addr = format!("127.0.0.1:{}", server.port);
+    library.load(&mut conn, &addr).await.expect("loaded");
+    let channels: [&[u8]; 6] = [b"chat", b"a{b}c", b"{x}", b"a}b", b"{}y", b"x{y"];
+    for channel in channels {
+        let channel = std::str::from_utf8(channel).expect("utf-8");
+        let recorded = library.record(&mut conn, channel, b"p", &addr).await;
+        assert!(matches!(recorded, Ok(Call::Done(Some(_)))), "{channel}");
+        let (meta, stream) = crate::broker::history::keys::history_keys(channel.as_bytes());
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg(&meta)
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await
+            .expect("EXISTS");
+        assert_eq!(exists, 2, "{channel}");
+    }
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    assert_eq!(keys.len(), 2 * channels.len());
 }

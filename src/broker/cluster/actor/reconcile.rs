@@ -11,6 +11,7 @@ use super::{Actor, Event, Link, Node, SubscribeError, ssubscribe, topic_of};
 use crate::broker::Delivery;
 use crate::broker::cluster::slots::{SlotMap, key_slot};
 use crate::broker::engine::{BrokerError, IO_TIMEOUT, addr_of, from_redis, within};
+use crate::broker::history::{self, LoadError};
 
 /// SSUBSCRIBEs in flight at once while resubscribing many topics.
 const RESUBSCRIBE_CONCURRENCY: usize = 64;
@@ -189,7 +190,12 @@ impl Actor {
                         push.data.as_slice()
                     {
                         if let Some(topic) = topic_of(channel, &prefix) {
-                            deliver.deliver(Delivery::new(topic, payload));
+                            let (position, payload) = history::decode(payload);
+                            deliver.deliver(Delivery {
+                                topic,
+                                payload,
+                                position: position.as_ref(),
+                            });
                         }
                     }
                 }
@@ -224,9 +230,21 @@ impl Actor {
             "the connection attempt",
         )
         .await?;
+        let library = match self.library.load(&mut connection.clone(), node).await {
+            Ok(()) => Some(true),
+            Err(LoadError::Refused(err)) => {
+                tracing::warn!(node = %node, error = %err, "history unavailable: the topicgate function library cannot be loaded");
+                Some(false)
+            }
+            Err(LoadError::Unreachable(err)) => {
+                tracing::warn!(node = %node, error = %err, "the topicgate function library was not loaded");
+                None
+            }
+        };
         Ok(Link {
             connection,
             generation,
+            library,
         })
     }
 }
