@@ -2,7 +2,7 @@
 //! the `topicgate` function library on a real `redis-server` and a real
 //! 3-master cluster, called by the real `redis-cli` and by the broker.
 
-mod common;
+use topicgate_test_support as common;
 
 use std::sync::Arc;
 use std::time::Duration;
