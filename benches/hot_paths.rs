@@ -12,13 +12,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Map, Value, json};
-use topicgate::acl::{Acl, RawAcl, RawRule};
-use topicgate::auth::Identity;
-use topicgate::broker::Deliver;
-use topicgate::broker::memory::MemoryBroker;
-use topicgate::hub::{ClientHandle, Hub, Registry, SendQueue};
-use topicgate::metrics::Metrics;
-use topicgate::protocol::{self, Frame};
+use topicgate::Metrics;
+use topicgate::hot_paths::{
+    self as protocol, Acl, ClientHandle, Deliver, Frame, Hub, Identity, MemoryBroker, RawAcl,
+    RawRule, Registry, SendQueue,
+};
 
 fn quick() -> Criterion {
     Criterion::default()

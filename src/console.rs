@@ -11,7 +11,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Response, header};
 use warp::Filter;
 
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// The page: inline CSS and JS, no external URL, so it works offline and
 /// behind any proxy that forwards `/ws`.

@@ -150,7 +150,7 @@ async fn metrics_export_every_family_from_start_without_topic_labels() {
     c.login("alice").await;
     c.subscribed("test-secret-topic-name").await;
     assert_eq!(c.authorize("bad").await["error"], "invalid_token");
-    let broker = gateway.shared.hub.broker();
+    let broker = gateway.publisher();
     broker
         .publish("test-secret-topic-name", "1".into())
         .await
@@ -188,7 +188,7 @@ async fn readyz_reports_broker_and_bypass() {
     assert!(body["config"]["loaded_at"].as_u64().unwrap() > 1_700_000_000);
     // A new config shows a new hash.
     let changed = base_config(Some(&redis), "[auth]\nmode = \"jwt\"\n");
-    gateway.config.send_replace(std::sync::Arc::new(changed));
+    gateway.replace_config(changed);
     let (_, body) = http_get(gateway.addr, "/readyz").await;
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_ne!(body["config"]["hash"], hash.as_str());

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
-use topicgate::server::Gateway;
+use topicgate::Gateway;
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -61,9 +61,7 @@ impl Harness {
             }
             None => self
                 .gateway
-                .shared
-                .hub
-                .broker()
+                .publisher()
                 .publish(topic, payload.as_bytes().to_vec().into())
                 .await
                 .expect("memory publish"),
