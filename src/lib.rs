@@ -39,18 +39,18 @@
 //! ([`Reloader`], [`watch_config`]). [`hot_paths`] opens the hot paths to
 //! the micro-benchmarks and fuzz targets.
 
-pub mod acl;
-pub mod auth;
-pub mod broker;
-pub mod config;
+mod acl;
+mod auth;
+mod broker;
+mod config;
 mod console;
 mod http;
-pub mod hub;
-pub mod metrics;
-pub mod protocol;
-pub mod server;
+mod hub;
+mod metrics;
+mod protocol;
+mod server;
 mod session;
-pub mod shutdown;
+mod shutdown;
 mod state;
 
 pub use auth::{Mode as AuthMode, now as unix_now};
