@@ -321,7 +321,7 @@ fn accept(
 /// then the linger.
 ///
 /// It lives as long as the connection, so its future's size is paid per
-/// connection: values it moves on are scoped to
+/// connection (pinned by a test below): values it moves on are scoped to
 /// end before the next await, and the WebSocket config, message limit
 /// included, is built inside rather than captured, since captured values
 /// stay for the task's life. Not an `async fn`, which would keep its
@@ -371,3 +371,20 @@ fn connection(
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// The connection task holds the session's reader future; tokio rounds
+    /// a task up to a multiple of 128 bytes, and there is one per
+    /// connection. Measured as `cargo test` builds it.
+    #[test]
+    fn the_connection_task_keeps_its_size() {
+        let size = future_size(connection);
+        assert!(size <= 1024, "connection task future: {size} bytes");
+    }
+}

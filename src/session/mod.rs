@@ -18,6 +18,8 @@ mod revoke;
 mod subscribe;
 mod writer;
 
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
 use std::future::Future;
