@@ -44,9 +44,9 @@ fn decode(c: &mut Criterion) {
     group.finish();
 }
 
-/// 100 rules in the shapes SPEC §2 shows: plain globs, `${claim}`
-/// templates, alternations and claim conditions; only the last one allows
-/// the topic the benchmark checks, so every rule is tried.
+/// 100 rules in the shapes docs/CONFIG.md (`[acl]`) shows: plain globs,
+/// `${claim}` templates, alternations and claim conditions; only the last
+/// one allows the topic the benchmark checks, so every rule is tried.
 fn hundred_rules() -> RawAcl {
     let rules = (0..100)
         .map(|i| {

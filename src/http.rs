@@ -144,8 +144,8 @@ struct PublishBody {
     data: serde_json::Value,
 }
 
-/// `POST /publish` (SPEC §5): publishes through the broker, so through Redis
-/// on the redis broker, and every replica's subscribers receive it.
+/// `POST /publish` (README, HTTP): publishes through the broker, so through
+/// Redis on the redis broker, and every replica's subscribers receive it.
 fn publish(shared: Arc<Shared>) -> impl Filter<Extract = (Body,), Error = warp::Rejection> + Clone {
     warp::path!("publish")
         .and(warp::post())

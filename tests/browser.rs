@@ -1,7 +1,7 @@
-//! The web console (SPEC §5 `GET /console`) in a real browser: headless
-//! Chromium, driven over the Chrome DevTools Protocol, opens the console of
-//! a gateway bridged to a real `redis-server`, and a message PUBLISHed to
-//! Redis must show up in the page.
+//! The web console (README, Web console: `GET /console`) in a real browser:
+//! headless Chromium, driven over the Chrome DevTools Protocol, opens the
+//! console of a gateway bridged to a real `redis-server`, and a message
+//! PUBLISHed to Redis must show up in the page.
 //!
 //! Needs Debian's `chromium` package (`/usr/bin/chromium`); without it the
 //! test fails and says so rather than passing silently.

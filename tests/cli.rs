@@ -1,4 +1,5 @@
-//! The `topicgate` binary: `check`, `token`, exit codes (SPEC §2, §4).
+//! The `topicgate` binary: `check`, `token`, exit codes (README,
+//! docs/CONFIG.md).
 
 mod common;
 

@@ -9,7 +9,7 @@ use topicgate::RawConfig;
 /// `acl.rules` is a list of tables: one key, not one per field.
 const WHOLE: &str = "acl.rules";
 const RELOADS: [&str; 3] = ["live", "new connections", "restart"];
-/// SPEC §2: `TOPICGATE__SECTION__KEY`.
+/// docs/CONFIG.md: `TOPICGATE__SECTION__KEY`.
 const ENV_PREFIX: &str = "TOPICGATE__";
 
 /// The built-in defaults as dotted keys, through their TOML text.

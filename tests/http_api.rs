@@ -1,4 +1,4 @@
-//! SPEC §5 HTTP endpoints and `topicgate publish` (§4).
+//! The HTTP endpoints (README, HTTP) and `topicgate publish`.
 
 mod common;
 

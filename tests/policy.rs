@@ -1,6 +1,7 @@
 //! The policy engine over a real WebSocket: every `invalid_token` cause,
 //! asymmetric keys, claim-templated ACL rules, token expiry and refresh
-//! with partial revocation (SPEC §1 Token lifetime, Revocation; §2).
+//! with partial revocation (docs/PROTOCOL.md, Token lifetime and
+//! Revocation; `[auth]` and `[acl]` in docs/CONFIG.md).
 
 mod common;
 

@@ -1,5 +1,6 @@
-//! SPEC §1 over a real WebSocket, run once per broker: every test below is
-//! instantiated for the memory broker and for a real `redis-server`.
+//! The protocol of docs/PROTOCOL.md over a real WebSocket, run once per
+//! broker: every test below is instantiated for the memory broker and for a
+//! real `redis-server`.
 
 mod common;
 

@@ -1,4 +1,5 @@
-//! SPEC §3: the Redis bridge, against real `redis-server` processes.
+//! The Redis bridge (docs/SCALING.md), against real `redis-server`
+//! processes.
 
 mod common;
 

@@ -1,5 +1,5 @@
-//! SPEC §2 "Hot reload": edits to the config file apply live, over real
-//! WebSocket clients, without dropping a connection.
+//! Hot reload (README, Live reload): edits to the config file apply live,
+//! over real WebSocket clients, without dropping a connection.
 
 mod common;
 

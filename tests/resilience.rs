@@ -1,6 +1,6 @@
-//! SPEC §1 closing conditions and §2 `[limits]` under hostile or broken
-//! clients: heartbeats, slow consumers, connection and request limits,
-//! origins, and SIGTERM on the real binary.
+//! The closing conditions of docs/PROTOCOL.md and `[limits]` under hostile
+//! or broken clients: heartbeats, slow consumers, connection and request
+//! limits, origins, and SIGTERM on the real binary.
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Arbitrary bytes as a client text frame: decoding must never panic, and a
-//! decoded request must satisfy SPEC §1's field rules.
+//! decoded request must satisfy the field rules of docs/PROTOCOL.md
+//! (Requests).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
