@@ -148,7 +148,7 @@ where
         session.client.close(reason);
         session.release_all();
         tracing::info!(session = %session.id, peer = ?peer, reason = reason.code().unwrap_or("peer_closed"), "connection closed");
-        let Session { slot, .. } = session;
+        let slot = session.into_slot();
         let sink = writer.await.ok()?;
         Some((stream.reunite(sink).ok()?, slot))
     }
@@ -295,6 +295,11 @@ impl Session {
             &request.context,
             request.id.as_ref(),
         ));
+    }
+
+    /// Lets go of everything but the connection's slot.
+    fn into_slot(self) -> ConnectionSlot {
+        self.slot
     }
 
     /// The connection is over: let go of every topic and of the gauges.
