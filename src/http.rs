@@ -381,7 +381,7 @@ mod tests {
 
     /// The connection task holds the session's reader future; tokio rounds
     /// a task up to a multiple of 128 bytes, and there is one per
-    /// connection. Measured as `cargo test` builds it.
+    /// connection. Debug and release builds agree.
     #[test]
     fn the_connection_task_keeps_its_size() {
         let size = future_size(connection);
