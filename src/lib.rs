@@ -4,37 +4,38 @@
 //!
 //! A client connects over WebSocket: `http` checks the upgrade and hands
 //! the socket to `session`, one task pair per connection that speaks the
-//! JSON protocol of `protocol` (`docs/PROTOCOL.md`). An `authorization` request goes through
-//! `auth` (token -> identity with claims) and binds the `acl` rules to
-//! that identity once; each `subscribe` is then a lookup in that policy.
-//! Subscriptions go to the `hub`, which keeps topic -> local subscribers
-//! and asks the `broker` (Redis, Redis Cluster or in-memory) for one
-//! subscription per topic per replica.
+//! JSON protocol of `protocol` (`docs/PROTOCOL.md`). An `authorization`
+//! request goes through `auth` (token -> identity with claims) and binds
+//! the `acl` rules to that identity once; each `subscribe` is then a lookup
+//! in that policy. Subscriptions go to the `hub`, which keeps topic ->
+//! local subscribers and asks the `broker` (Redis, Redis Cluster or
+//! in-memory) for one subscription per topic per replica.
 //!
 //! Messages flow back the other way: Redis -> broker -> hub, which encodes
 //! each message once and queues the same bytes to every subscriber's
 //! bounded queue -> each session's writer -> socket.
 //!
-//! `config` turns the TOML file and environment into a validated,
-//! compiled [`Config`]; `server` wires it all on a bound listener as a
-//! [`Gateway`] and shares the config through a `watch` channel, so a new
-//! config reaches every session, which re-checks its subscriptions;
-//! `config::watch` feeds that channel from the file (hot reload, SIGHUP).
-//! `state` holds what the routes and sessions of one gateway share (below
-//! both, so nothing below `server` imports it); a session takes from it
-//! only the handles it uses. `metrics` holds the Prometheus series, one
-//! registry per gateway. `shutdown` turns SIGINT/SIGTERM into the drain.
-//! `console` serves the built-in web console, one self-contained page that
-//! speaks the same protocol.
+//! `config` turns the TOML file and environment into a validated, compiled
+//! [`Config`]; `server` wires it all on a bound listener as a [`Gateway`]
+//! and shares the config through a `watch` channel, so a new config reaches
+//! every session, which re-checks its subscriptions; `config::watch` feeds
+//! that channel from the file (hot reload, SIGHUP). `state` holds what the
+//! routes and sessions of one gateway share; a session takes from it only
+//! the handles it uses. `metrics` holds the Prometheus series, one registry
+//! per gateway. `shutdown` turns SIGINT/SIGTERM into the drain. `console`
+//! serves the built-in web console, one self-contained page that speaks the
+//! same protocol.
 //!
-//! Dependencies point down: `server` -> `http` -> `console`, `session` ->
-//! `state` -> `hub` -> `broker`; `config`, `protocol` and `metrics` sit
-//! below them all.
+//! Dependencies point down, never back: `server` imports `http` and
+//! `state`; `http` imports `console`, `session` and `state`; `console` and
+//! `session` import `state`, which imports `hub`, which imports `broker`.
+//! `config`, `protocol` and `metrics` sit below them. Nothing imports
+//! `server`.
 //!
 //! # API
 //!
-//! The modules are private; what `main.rs` and the integration tests use
-//! is re-exported here: [`Gateway`] and its [`Publisher`], the config
+//! The modules are private; what `main.rs` and the integration tests use is
+//! re-exported here: [`Gateway`] and its [`Publisher`], the config
 //! ([`load_config`], [`Config`], [`RawConfig`]) and its reload watcher
 //! ([`Reloader`], [`watch_config`]). [`hot_paths`] opens the hot paths to
 //! the micro-benchmarks and fuzz targets.
