@@ -12,13 +12,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Map, Value, json};
-use topicgate::acl::{Acl, RawAcl, RawRule};
-use topicgate::auth::Identity;
-use topicgate::broker::memory::MemoryBroker;
-use topicgate::broker::{Deliver, Delivery};
-use topicgate::hub::{ClientHandle, Hub, Registry, SendQueue};
-use topicgate::metrics::Metrics;
-use topicgate::protocol::{self, Frame};
+use topicgate::Metrics;
+use topicgate::hot_paths::{
+    self as protocol, Acl, ClientHandle, Deliver, Delivery, Frame, Hub, Identity, MemoryBroker,
+    RawAcl, RawRule, Registry, SendQueue,
+};
 
 fn quick() -> Criterion {
     Criterion::default()
@@ -46,9 +44,9 @@ fn decode(c: &mut Criterion) {
     group.finish();
 }
 
-/// 100 rules in the shapes SPEC §2 shows: plain globs, `${claim}`
-/// templates, alternations and claim conditions; only the last one allows
-/// the topic the benchmark checks, so every rule is tried.
+/// 100 rules in the shapes docs/CONFIG.md (`[acl]`) shows: plain globs,
+/// `${claim}` templates, alternations and claim conditions; only the last
+/// one allows the topic the benchmark checks, so every rule is tried.
 fn hundred_rules() -> RawAcl {
     let rules = (0..100)
         .map(|i| {

@@ -35,7 +35,8 @@ mod raw;
 mod template;
 mod tokens;
 
-pub use globs::escape;
+#[cfg(test)]
+use globs::escape;
 pub use policy::Policy;
 pub use raw::{RawAcl, RawRule};
 

@@ -1,17 +1,18 @@
-//! `GET /console` (SPEC §5): the built-in web console, one self-contained
-//! HTML page compiled into the binary.
+//! `GET /console` (README, Web console): the built-in web console, one
+//! self-contained HTML page compiled into the binary.
 //!
-//! The page speaks the SPEC §1 protocol over `ws(s)://<same host>/ws` and
-//! publishes through `POST /publish`, so it needs nothing but this gateway.
-//! `server.console` is read per request because it reloads live: turning it
-//! off hides the page at once, with the same 404 as an unknown path.
+//! The page speaks the protocol of docs/PROTOCOL.md over
+//! `ws(s)://<same host>/ws` and publishes through `POST /publish`, so it
+//! needs nothing but this gateway. `server.console` is read per request
+//! because it reloads live: turning it off hides the page at once, with the
+//! same 404 as an unknown path.
 
 use std::sync::Arc;
 
 use http::{HeaderValue, Response, header};
 use warp::Filter;
 
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// The page: inline CSS and JS, no external URL, so it works offline and
 /// behind any proxy that forwards `/ws`.

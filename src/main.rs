@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
-use topicgate::config::watch::{self, Reloader};
-use topicgate::config::{self, Config, LogFormat};
-use topicgate::server::Gateway;
+use topicgate::{
+    AuthMode, Config, ConfigError, Gateway, LogFormat, Reloader, load_config, resolve_config_path,
+    shutdown_signal, unix_now, watch_config,
+};
 
 #[derive(Parser)]
 #[command(version, about = "WebSocket gateway for Redis Pub/Sub")]
@@ -65,8 +66,8 @@ fn main() -> ExitCode {
     {
         return publish(topic, payload, url, key.as_deref());
     }
-    let path = config::resolve_path(cli.config.as_deref());
-    let loaded = config::load(&path, None);
+    let path = resolve_config_path(cli.config.as_deref());
+    let loaded = load_config(&path, None);
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => match loaded {
             Ok(config) => {
@@ -88,7 +89,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn config_failure(err: &config::ConfigError) -> ExitCode {
+fn config_failure(err: &ConfigError) -> ExitCode {
     eprintln!("{err}");
     ExitCode::from(2)
 }
@@ -103,7 +104,7 @@ fn token(config: &Config, sub: String, claims: &[String], ttl: u64) -> ExitCode 
         let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.into()));
         map.insert(key.to_string(), value);
     }
-    let now = topicgate::auth::now();
+    let now = unix_now();
     map.insert("sub".into(), Value::String(sub));
     map.insert("iat".into(), now.into());
     map.insert("exp".into(), now.saturating_add(ttl).into());
@@ -209,7 +210,7 @@ fn run(config: Config, path: PathBuf, log_format: Option<&str>) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        if config.auth.mode == topicgate::auth::Mode::Bypass {
+        if config.auth.mode == AuthMode::Bypass {
             tracing::warn!(
                 "auth.mode = \"bypass\": any client may authorize; never use this in production"
             );
@@ -230,17 +231,12 @@ fn run(config: Config, path: PathBuf, log_format: Option<&str>) -> ExitCode {
             }
         };
         tracing::info!(addr = %gateway.addr, "topicgate listening");
-        let reloader = Reloader::new(
-            path,
-            None,
-            gateway.config.clone(),
-            gateway.shared.metrics.clone(),
-        );
+        let reloader = Reloader::new(path, None, gateway.config_sender(), gateway.metrics());
         // Without a watcher the gateway still serves; reloads need a restart.
-        let _watcher = watch::spawn(reloader)
+        let _watcher = watch_config(reloader)
             .map_err(|err| tracing::error!(error = %err, "cannot watch the config file"))
             .ok();
-        let left = gateway.run_until(topicgate::shutdown::signal()).await;
+        let left = gateway.run_until(shutdown_signal()).await;
         if left > 0 {
             tracing::warn!(connections = left, "shutdown grace ran out");
         }

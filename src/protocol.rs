@@ -17,10 +17,9 @@ mod request;
 
 pub use error::{Disconnect, ErrorCode};
 pub use frame::{
-    Frame, Reply, decode_failure, encode, encode_delivery, expired, failure, greeting, revoked,
-    success,
+    Frame, decode_failure, encode_delivery, expired, failure, greeting, revoked, success,
 };
-pub use request::{Action, DecodeError, Id, MAX_TOPIC_BYTES, Request, decode, validate_topic};
+pub use request::{Action, DecodeError, Id, Request, decode, validate_topic};
 
 #[cfg(test)]
 mod tests;

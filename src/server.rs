@@ -1,86 +1,45 @@
 //! Wiring: broker + hub + HTTP routes on a bound listener, and the drain on
-//! shutdown. Tests bind port 0 and drive a [`Gateway`] through its handle.
+//! shutdown. Tests bind port 0 and drive a [`Gateway`] through its methods.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use bytes::Bytes;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::broker;
+use crate::broker::{self, Broker, BrokerError};
 use crate::config::Config;
 use crate::hub::{Hub, Registry};
 use crate::metrics::Metrics;
-
-/// State every connection and route shares.
-pub struct Shared {
-    pub hub: Hub,
-    /// The live config; sessions re-check their subscriptions on change.
-    pub config: watch::Receiver<Arc<Config>>,
-    /// Flips to `true` once: sessions close with 1001.
-    pub shutdown: watch::Receiver<bool>,
-    /// This gateway's Prometheus series.
-    pub metrics: Arc<Metrics>,
-    next_client: AtomicU64,
-    /// Open WebSocket connections, checked against `limits.max_connections`.
-    connections: AtomicUsize,
-    /// Woken each time a connection ends, for the shutdown drain.
-    connection_closed: Notify,
-}
-
-impl Shared {
-    pub fn next_client_id(&self) -> u64 {
-        self.next_client.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Acquire)
-    }
-
-    /// Resolves once at most `n` connections are open.
-    pub async fn connections_at_most(&self, n: usize) {
-        loop {
-            // Registered before the check, so a close in between still wakes us.
-            let closed = self.connection_closed.notified();
-            if self.connections() <= n {
-                return;
-            }
-            closed.await;
-        }
-    }
-
-    /// Reserves a connection slot, or `None` at `limit`.
-    pub fn open_connection(self: &Arc<Self>, limit: usize) -> Option<ConnectionSlot> {
-        let previous = self.connections.fetch_add(1, Ordering::AcqRel);
-        self.metrics.connections.inc();
-        let slot = ConnectionSlot(self.clone());
-        (previous < limit).then_some(slot)
-    }
-}
-
-/// Holds one of `limits.max_connections`; released on drop.
-pub struct ConnectionSlot(Arc<Shared>);
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
-        self.0.metrics.connections.dec();
-        self.0.connection_closed.notify_waiters();
-    }
-}
+use crate::state::{Connections, Shared};
 
 /// A running gateway.
 pub struct Gateway {
     /// The address the listener is bound to (port 0 resolved).
     pub addr: SocketAddr,
-    pub shared: Arc<Shared>,
-    /// Swap the whole config; sessions and routes see the new one.
-    pub config: watch::Sender<Arc<Config>>,
+    /// What routes and connections share; tests reach it only through
+    /// the methods below.
+    shared: Arc<Shared>,
+    /// Swaps the whole config; sessions and routes see the new one.
+    config: watch::Sender<Arc<Config>>,
+    /// Flipped once by [`Gateway::shutdown`].
     shutdown: watch::Sender<bool>,
+    /// The warp server, aborted once the drain ends.
     server: JoinHandle<()>,
+}
+
+/// Publishes through a gateway's broker, as a backend would: through Redis
+/// on the Redis brokers, so every replica's subscribers receive it.
+#[derive(Clone)]
+pub struct Publisher(Arc<dyn Broker>);
+
+impl Publisher {
+    pub async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BrokerError> {
+        self.0.publish(topic, payload).await.map(drop)
+    }
 }
 
 impl Gateway {
@@ -99,13 +58,11 @@ impl Gateway {
         let (config_tx, config_rx) = watch::channel(config);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
-            hub: Hub::new(registry, broker),
+            hub: Arc::new(Hub::new(registry, broker)),
             config: config_rx,
             shutdown: shutdown_rx.clone(),
+            connections: Arc::new(Connections::new(metrics.connections.clone())),
             metrics,
-            next_client: AtomicU64::new(1),
-            connections: AtomicUsize::new(0),
-            connection_closed: Notify::new(),
         });
         // A new config may move the broker (e.g. another Redis).
         let mut changes = shared.config.clone();
@@ -132,15 +89,61 @@ impl Gateway {
         })
     }
 
+    /// The live config, which changes on every applied reload.
+    pub fn config(&self) -> watch::Receiver<Arc<Config>> {
+        self.shared.config.clone()
+    }
+
+    /// Where reloads go: every session and route sees what is sent here.
+    pub fn config_sender(&self) -> watch::Sender<Arc<Config>> {
+        self.config.clone()
+    }
+
+    /// Applies `config` as a reload would.
+    pub fn replace_config(&self, config: Config) {
+        self.config.send_replace(Arc::new(config));
+    }
+
+    /// This gateway's Prometheus series.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// Topics with at least one local subscriber or a pending subscribe:
+    /// the broker subscriptions this gateway holds or is taking.
+    pub fn topic_count(&self) -> usize {
+        self.shared.hub.registry().topic_count()
+    }
+
+    /// `true` while the broker can subscribe and publish, as `/readyz` says.
+    pub fn broker_ready(&self) -> watch::Receiver<bool> {
+        self.shared.hub.broker().ready()
+    }
+
+    /// Publishes through this gateway's broker.
+    pub fn publisher(&self) -> Publisher {
+        Publisher(self.shared.hub.broker().clone())
+    }
+
+    /// Open WebSocket connections.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.count()
+    }
+
+    /// Resolves once at most `n` connections are open.
+    pub async fn connections_at_most(&self, n: usize) {
+        self.shared.connections.at_most(n).await;
+    }
+
     /// Stops accepting, closes every session with 1001 and waits for them
     /// to end, at most `server.shutdown_grace`. Returns the connections
     /// still open when the grace ran out.
     pub async fn shutdown(self) -> usize {
         let grace = self.shared.config.borrow().server.shutdown_grace;
         self.shutdown.send_replace(true);
-        let _ = tokio::time::timeout(grace, self.shared.connections_at_most(0)).await;
+        let _ = tokio::time::timeout(grace, self.connections_at_most(0)).await;
         self.server.abort();
-        self.shared.connections()
+        self.connections()
     }
 
     /// Runs until `signal` resolves, then shuts down.

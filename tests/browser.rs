@@ -1,7 +1,7 @@
-//! The web console (SPEC §5 `GET /console`) in a real browser: headless
-//! Chromium, driven over the Chrome DevTools Protocol, opens the console of
-//! a gateway bridged to a real `redis-server`, and a message PUBLISHed to
-//! Redis must show up in the page.
+//! The web console (README, Web console: `GET /console`) in a real browser:
+//! headless Chromium, driven over the Chrome DevTools Protocol, opens the
+//! console of a gateway bridged to a real `redis-server`, and a message
+//! PUBLISHed to Redis must show up in the page.
 //!
 //! Needs Debian's `chromium` package (`/usr/bin/chromium`); without it the
 //! test fails and says so rather than passing silently.
@@ -435,10 +435,7 @@ async fn console_is_404_unless_enabled_and_follows_reload() {
     assert_eq!(http_request(gateway.addr, post).await.0, 404);
 
     // server.console reloads live: turn it on, then off again.
-    gateway.config.send_replace(std::sync::Arc::new(base_config(
-        None,
-        "[server]\nconsole = true\n",
-    )));
+    gateway.replace_config(base_config(None, "[server]\nconsole = true\n"));
     let (status, page) = http_get(gateway.addr, "/console").await;
     assert_eq!(status, 200);
     assert!(page.contains("<title>topicgate console</title>"));
@@ -446,9 +443,7 @@ async fn console_is_404_unless_enabled_and_follows_reload() {
     assert!(!page.contains("http://") && !page.contains("https://"));
     assert!(!page.contains("innerHTML"));
 
-    gateway
-        .config
-        .send_replace(std::sync::Arc::new(base_config(None, "")));
+    gateway.replace_config(base_config(None, ""));
     let (status, _) = http_get(gateway.addr, "/console").await;
     assert_eq!(status, 404);
 }

@@ -1,4 +1,5 @@
-//! The `topicgate` binary: `check`, `token`, exit codes (SPEC §2, §4).
+//! The `topicgate` binary: `check`, `token`, exit codes (README,
+//! docs/CONFIG.md).
 
 use topicgate_test_support as common;
 
@@ -163,10 +164,10 @@ fn token_signs_with_the_configured_secret_issuer_and_audience() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let token = text(&out.stdout).trim().to_string();
-    let config = topicgate::config::load(&path, Some(Default::default())).unwrap();
+    let config = topicgate::load_config(&path, Some(Default::default())).unwrap();
     let identity = config
         .auth
-        .verify(&token, topicgate::auth::now())
+        .verify(&token, topicgate::unix_now())
         .expect("token verifies");
     assert_eq!(identity.claims["sub"], "alice");
     assert_eq!(identity.claims["role"], "admin");

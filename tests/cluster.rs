@@ -13,7 +13,7 @@ fn message(topic: &str, snapshot: Value) -> Value {
     json!({"action":"message","topic":topic,"snapshot":snapshot})
 }
 
-async fn ready_status(gateway: &topicgate::server::Gateway) -> u16 {
+async fn ready_status(gateway: &topicgate::Gateway) -> u16 {
     http_get(gateway.addr, "/readyz").await.0
 }
 
@@ -145,7 +145,7 @@ async fn a_resharded_slot_takes_its_topics_to_the_new_owner() {
     assert_eq!(cluster.shard_numsub(0, &moving), 1);
 
     cluster.reshard(0, 1, 20);
-    let slot = topicgate::broker::cluster::key_slot(moving.as_bytes());
+    let slot = topicgate::key_slot(moving.as_bytes());
     assert_eq!(cluster.owner_of_slot(slot), Some(1), "the slot moved");
 
     eventually("the moved topic SSUBSCRIBEd on its new owner", || async {
@@ -217,13 +217,13 @@ async fn a_changed_channel_prefix_resubscribes_every_topic_live() {
     let mut c = Client::connect(gateway.addr).await;
     c.login("alice").await;
     c.subscribed(topic).await;
-    let slot_of = |channel: &str| topicgate::broker::cluster::key_slot(channel.as_bytes());
+    let slot_of = |channel: &str| topicgate::key_slot(channel.as_bytes());
     let before = cluster.owner_of_slot(slot_of(topic)).expect("owned");
     assert_eq!(cluster.shard_numsub(before, topic), 1);
 
     // What a reload of `[redis]` does: the whole config swapped.
     let renamed = cluster.gateway_config("[redis]\nchannel_prefix = \"tg:\"\n");
-    gateway.config.send_replace(std::sync::Arc::new(renamed));
+    gateway.replace_config(renamed);
     let after = cluster
         .owner_of_slot(slot_of("tg:t-renamed"))
         .expect("owned");

@@ -4,12 +4,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use topicgate::config::RawConfig;
+use topicgate::RawConfig;
 
 /// `acl.rules` is a list of tables: one key, not one per field.
 const WHOLE: &str = "acl.rules";
 const RELOADS: [&str; 3] = ["live", "new connections", "restart"];
-/// SPEC §2: `TOPICGATE__SECTION__KEY`.
+/// docs/CONFIG.md: `TOPICGATE__SECTION__KEY`.
 const ENV_PREFIX: &str = "TOPICGATE__";
 
 /// The built-in defaults as dotted keys, through their TOML text.
@@ -143,7 +143,7 @@ fn a_documented_environment_variable_overrides_its_key() {
             "https://a.example,https://b.example".to_string(),
         ),
     ]);
-    let config = topicgate::config::load(&file, Some(env));
+    let config = topicgate::load_config(&file, Some(env));
     let config = config.unwrap();
     assert_eq!(config.limits.send_queue, 7);
     assert_eq!(

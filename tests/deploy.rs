@@ -107,7 +107,7 @@ const GATEWAYS: [&str; 2] = ["gateway-1", "gateway-2"];
 
 /// The port of `server.bind` in the config the image ships.
 fn shipped_port() -> u16 {
-    let raw = topicgate::config::RawConfig::from_toml(&read("config/config.toml"))
+    let raw = topicgate::RawConfig::from_toml(&read("config/config.toml"))
         .expect("config/config.toml parses");
     let bind: std::net::SocketAddr = raw.server.bind.parse().expect("server.bind");
     bind.port()
@@ -268,7 +268,7 @@ fn every_file_the_deploy_files_reference_exists() {
             .iter()
             .any(|d| d == "/etc/topicgate/config.toml")
     );
-    topicgate::config::load(&root().join("config/config.toml"), Some(HashMap::new()))
+    topicgate::load_config(&root().join("config/config.toml"), Some(HashMap::new()))
         .unwrap_or_else(|err| panic!("the shipped config compiles: {err}"));
 }
 
@@ -364,7 +364,7 @@ fn the_image_builds_with_the_lockfile_ci_tests_with() {
 #[test]
 fn compose_environment_names_real_config_keys() {
     let compose = Compose::load();
-    let defaults = toml::Value::try_from(topicgate::config::RawConfig::default()).unwrap();
+    let defaults = toml::Value::try_from(topicgate::RawConfig::default()).unwrap();
     for gateway in GATEWAYS {
         let prefix = format!("services.{gateway}.environment.");
         let env: BTreeMap<&str, &str> = compose
@@ -415,7 +415,7 @@ fn nginx_forwards_websocket_upgrades_without_buffering() {
     ] {
         assert!(directives.contains(&expected), "nginx.conf: {expected}");
     }
-    let raw = topicgate::config::RawConfig::from_toml(&read("config/config.toml")).unwrap();
+    let raw = topicgate::RawConfig::from_toml(&read("config/config.toml")).unwrap();
     let read_timeout: u64 = directives
         .iter()
         .find_map(|l| l.strip_prefix("proxy_read_timeout "))

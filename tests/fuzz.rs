@@ -9,8 +9,8 @@ use common::*;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use topicgate::protocol;
-use topicgate::server::Gateway;
+use topicgate::Gateway;
+use topicgate::hot_paths as protocol;
 
 fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![

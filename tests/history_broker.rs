@@ -11,10 +11,10 @@ use bytes::Bytes;
 use common::cluster::RedisCluster;
 use common::*;
 use tokio::sync::mpsc;
-use topicgate::broker::{
-    self, Broker, Deliver, Delivery, HistorySettings, HistoryStatus, Position,
+use topicgate::Metrics;
+use topicgate::broker_seam::{
+    self as broker, Broker, Deliver, Delivery, HistorySettings, HistoryStatus, Position, Range,
 };
-use topicgate::metrics::Metrics;
 
 /// One delivery as the broker handed it over.
 #[derive(Debug, PartialEq)]
@@ -44,7 +44,7 @@ struct Harness {
 
 impl Harness {
     /// A broker for `config`, once ready.
-    async fn start(config: &topicgate::config::Config, history: HistorySettings) -> Self {
+    async fn start(config: &topicgate::Config, history: HistorySettings) -> Self {
         let (tx, seen) = mpsc::unbounded_channel();
         let broker = broker::start(
             config,
@@ -156,7 +156,7 @@ async fn redis_cli_fcall_gives_consecutive_offsets_and_the_subscriber_sees_them(
 async fn history_after_since_returns_exactly_the_missed_messages() {
     let redis = RedisServer::start();
     let h = Harness::start(&base_config(Some(&redis), ""), history(10, 60)).await;
-    assert_eq!(h.broker.history("t", None).await, Ok(broker::Range::none()));
+    assert_eq!(h.broker.history("t", None).await, Ok(Range::none()));
     let mut positions = Vec::new();
     for n in 1..=5 {
         positions.push(h.recorded("t", &format!("m{n}")).await);
@@ -269,10 +269,7 @@ async fn the_epoch_survives_a_lost_stream_and_a_lost_meta_key_starts_a_new_one()
 
     // The meta key is gone too (FLUSHALL): a new epoch from offset 1.
     assert_eq!(cli(redis.port, &["FLUSHALL"]), "OK");
-    assert_eq!(
-        h.broker.history("t-x", None).await,
-        Ok(broker::Range::none())
-    );
+    assert_eq!(h.broker.history("t-x", None).await, Ok(Range::none()));
     let fresh = h.recorded("t-x", "4").await;
     assert_eq!(fresh.offset, 1);
     assert_ne!(fresh.epoch, first.epoch);
@@ -378,7 +375,7 @@ async fn a_redis_that_forbids_functions_leaves_history_unavailable_and_publishes
         h.broker.subscribe("t").await.expect("subscribed");
         assert_eq!(h.publish("t", "plain").await, None);
         assert_eq!(h.next().await, delivered("t", "plain", None));
-        assert_eq!(h.broker.history("t", None).await, Ok(broker::Range::none()));
+        assert_eq!(h.broker.history("t", None).await, Ok(Range::none()));
     }
 }
 
@@ -429,7 +426,7 @@ async fn topics_with_braces_are_recorded_and_read_in_their_slot_on_a_cluster() {
         assert_eq!(payloads, [&b"two"[..]], "{topic}");
 
         // Both keys live in the channel's slot, on its master.
-        let slot = broker::cluster::key_slot(topic.as_bytes());
+        let slot = topicgate::key_slot(topic.as_bytes());
         let owner = cluster.owner_of_slot(slot).expect("an owner");
         let count = cluster.cli(owner, &["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()]);
         assert_eq!(count.trim(), "2", "{topic} in slot {slot}");
@@ -489,7 +486,7 @@ async fn a_new_master_gets_the_library_and_the_history_moves_with_its_slot() {
     );
 
     cluster.reshard(0, fresh, 20);
-    let slot = broker::cluster::key_slot(topic.as_bytes());
+    let slot = topicgate::key_slot(topic.as_bytes());
     assert_eq!(cluster.owner_of_slot(slot), Some(fresh), "the slot moved");
     eventually("the topic SSUBSCRIBEd on its new master", || async {
         cluster.shard_numsub(fresh, &topic) == 1

@@ -1,4 +1,4 @@
-//! SPEC §5 HTTP endpoints and `topicgate publish` (§4).
+//! The HTTP endpoints (README, HTTP) and `topicgate publish`.
 
 use topicgate_test_support as common;
 
@@ -104,7 +104,7 @@ async fn publish_503_names_the_redis_address_without_credentials() {
     ));
     // Nothing listens there: the gateway serves without waiting for Redis.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gateway = topicgate::server::Gateway::start(listener, config).unwrap();
+    let gateway = topicgate::Gateway::start(listener, config).unwrap();
     let body = json!({"topic":"test-x","data":1}).to_string();
     let (status, text) = post_publish(gateway.addr, Some(KEY), &body).await;
     assert_eq!(status, 503, "{text}");
@@ -170,7 +170,7 @@ async fn metrics_export_every_family_from_start_without_topic_labels() {
     c.login("alice").await;
     c.subscribed("test-secret-topic-name").await;
     assert_eq!(c.authorize("bad").await["error"], "invalid_token");
-    let broker = gateway.shared.hub.broker();
+    let broker = gateway.publisher();
     broker
         .publish("test-secret-topic-name", "1".into())
         .await
@@ -208,7 +208,7 @@ async fn readyz_reports_broker_and_bypass() {
     assert!(body["config"]["loaded_at"].as_u64().unwrap() > 1_700_000_000);
     // A new config shows a new hash.
     let changed = base_config(Some(&redis), "[auth]\nmode = \"jwt\"\n");
-    gateway.config.send_replace(std::sync::Arc::new(changed));
+    gateway.replace_config(changed);
     let (_, body) = http_get(gateway.addr, "/readyz").await;
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_ne!(body["config"]["hash"], hash.as_str());

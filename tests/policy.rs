@@ -1,6 +1,7 @@
 //! The policy engine over a real WebSocket: every `invalid_token` cause,
 //! asymmetric keys, claim-templated ACL rules, token expiry and refresh
-//! with partial revocation (SPEC §1 Token lifetime, Revocation; §2).
+//! with partial revocation (docs/PROTOCOL.md, Token lifetime and
+//! Revocation; `[auth]` and `[acl]` in docs/CONFIG.md).
 
 use topicgate_test_support as common;
 
@@ -8,7 +9,7 @@ use base64_url::encode as b64;
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use topicgate::auth::now;
+use topicgate::unix_now as now;
 
 /// Tiny base64url without padding, for hand-made tokens.
 mod base64_url {
@@ -235,7 +236,7 @@ async fn refresh_keeps_allowed_subscriptions_and_revokes_the_others() {
                "error":"forbidden","detail":"no longer allowed by the new token"})
     );
     assert_eq!(c.recv().await["message"], "session authenticated");
-    let broker = gateway.shared.hub.broker();
+    let broker = gateway.publisher();
     broker
         .publish("user.alice.inbox", "\"gone\"".into())
         .await
@@ -246,7 +247,7 @@ async fn refresh_keeps_allowed_subscriptions_and_revokes_the_others() {
         .unwrap();
     assert_eq!(c.recv().await["snapshot"], "kept");
     c.subscribed("user.bob.inbox").await;
-    assert_eq!(gateway.shared.hub.registry().topic_count(), 2);
+    assert_eq!(gateway.topic_count(), 2);
 }
 
 #[tokio::test]
@@ -277,7 +278,7 @@ async fn expired_token_drops_subscriptions_and_the_session_can_reauthorize() {
     }
     revoked.sort();
     assert_eq!(revoked, ["chat-b", "test-a"]);
-    assert_eq!(gateway.shared.hub.registry().topic_count(), 0);
+    assert_eq!(gateway.topic_count(), 0);
     assert_eq!(c.subscribe("test-a").await["error"], "unauthenticated");
 
     c.login("alice").await;

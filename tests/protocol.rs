@@ -1,12 +1,13 @@
-//! SPEC §1 over a real WebSocket, run once per broker: every test below is
-//! instantiated for the memory broker and for a real `redis-server`.
+//! The protocol of docs/PROTOCOL.md over a real WebSocket, run once per
+//! broker: every test below is instantiated for the memory broker and for a
+//! real `redis-server`.
 
 use topicgate_test_support as common;
 
 use common::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
-use topicgate::server::Gateway;
+use topicgate::Gateway;
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -59,15 +60,12 @@ impl Harness {
             Some(conn) => {
                 redis_publish(&mut conn.clone(), topic, payload).await;
             }
-            None => {
-                self.gateway
-                    .shared
-                    .hub
-                    .broker()
-                    .publish(topic, payload.as_bytes().to_vec().into())
-                    .await
-                    .expect("memory publish");
-            }
+            None => self
+                .gateway
+                .publisher()
+                .publish(topic, payload.as_bytes().to_vec().into())
+                .await
+                .expect("memory publish"),
         }
     }
 }

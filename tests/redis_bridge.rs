@@ -1,4 +1,5 @@
-//! SPEC §3: the Redis bridge, against real `redis-server` processes.
+//! The Redis bridge (docs/SCALING.md), against real `redis-server`
+//! processes.
 
 use topicgate_test_support as common;
 
@@ -68,7 +69,7 @@ async fn one_redis_subscription_per_topic_however_many_local_subscribers() {
         async move { numsub(&mut conn, "chat-other").await == 0 }
     })
     .await;
-    assert_eq!(gateway.shared.hub.registry().topic_count(), 0);
+    assert_eq!(gateway.topic_count(), 0);
 }
 
 #[tokio::test]
@@ -132,7 +133,7 @@ async fn subscribe_while_redis_is_down_is_unavailable_and_recorded_nowhere() {
     c.login("alice").await;
     c.subscribed("test-kept").await;
 
-    let mut ready = gateway.shared.hub.broker().ready();
+    let mut ready = gateway.broker_ready();
     redis.kill();
     ready.wait_for(|r| !*r).await.unwrap();
     let (status, body) = http_get(gateway.addr, "/readyz").await;
@@ -173,7 +174,7 @@ async fn gateway_serves_while_redis_is_away_at_start() {
         "[redis]\nurl = \"redis://127.0.0.1:{port}/0\"\n[acl]\ndefault = \"allow\"\n"
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gateway = topicgate::server::Gateway::start(listener, config).unwrap();
+    let gateway = topicgate::Gateway::start(listener, config).unwrap();
     let (status, _) = http_get(gateway.addr, "/healthz").await;
     assert_eq!(status, 200);
     let (status, _) = http_get(gateway.addr, "/readyz").await;

@@ -1,5 +1,5 @@
-//! SPEC §2 "Hot reload": edits to the config file apply live, over real
-//! WebSocket clients, without dropping a connection.
+//! Hot reload (README, Live reload): edits to the config file apply live,
+//! over real WebSocket clients, without dropping a connection.
 
 use topicgate_test_support as common;
 
@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use common::*;
 use serde_json::json;
 use tokio::sync::watch;
-use topicgate::config::watch::{Outcome, Reloader, Watcher};
-use topicgate::server::Gateway;
+use topicgate::{ConfigWatcher as Watcher, Gateway, ReloadOutcome as Outcome, Reloader};
 
 /// A gateway started from a config file that it watches.
 struct Live {
@@ -35,16 +34,16 @@ impl Live {
     }
 
     async fn start_at(path: PathBuf) -> Self {
-        let config = topicgate::config::load(&path, Some(Default::default())).unwrap();
+        let config = topicgate::load_config(&path, Some(Default::default())).unwrap();
         let gateway = start_gateway(config).await;
         let reloader = Reloader::new(
             path.clone(),
             Some(Default::default()),
-            gateway.config.clone(),
-            gateway.shared.metrics.clone(),
+            gateway.config_sender(),
+            gateway.metrics(),
         );
         let outcomes = reloader.outcomes();
-        let watcher = topicgate::config::watch::spawn(reloader).unwrap();
+        let watcher = topicgate::watch_config(reloader).unwrap();
         Self {
             gateway,
             path,
@@ -68,7 +67,7 @@ impl Live {
     }
 
     async fn publish(&self, topic: &str, payload: &str) {
-        let broker = self.gateway.shared.hub.broker();
+        let broker = self.gateway.publisher();
         broker
             .publish(topic, payload.to_string().into())
             .await
@@ -103,7 +102,7 @@ async fn tightened_acl_revokes_live_subscriptions_it_no_longer_allows() {
         json!({"action":"message","topic":"test-b","snapshot":"kept topic"})
     );
     assert_eq!(c.subscribe("chat-a").await["error"], "forbidden");
-    assert_eq!(live.gateway.shared.hub.registry().topic_count(), 1);
+    assert_eq!(live.gateway.topic_count(), 1);
 }
 
 #[tokio::test]
@@ -124,7 +123,7 @@ async fn rotated_secret_refuses_old_tokens_and_keeps_live_sessions() {
     let key = jsonwebtoken::EncodingKey::from_secret(b"rotated-secret").unwrap();
     let fresh = jsonwebtoken::encode(
         &Default::default(),
-        &json!({"sub": "bob", "exp": topicgate::auth::now() + 60}),
+        &json!({"sub": "bob", "exp": topicgate::unix_now() + 60}),
         &key,
     )
     .unwrap();
@@ -261,7 +260,7 @@ async fn fifty_rapid_writes_end_in_the_last_valid_config() {
     let tmp = temp_dir("reload-rapid");
     let dir = tmp.path();
     let live = Live::start(dir, &memory_config("\"test-*\"", "")).await;
-    let mut config = live.gateway.shared.config.clone();
+    let mut config = live.gateway.config();
     for i in 1..=50 {
         let text = if i % 7 == 0 && i != 50 {
             "[limits\n".to_string()

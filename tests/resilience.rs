@@ -1,6 +1,6 @@
-//! SPEC §1 closing conditions and §2 `[limits]` under hostile or broken
-//! clients: heartbeats, slow consumers, connection and request limits,
-//! origins, and SIGTERM on the real binary.
+//! The closing conditions of docs/PROTOCOL.md and `[limits]` under hostile
+//! or broken clients: heartbeats, slow consumers, connection and request
+//! limits, origins, and SIGTERM on the real binary.
 
 use topicgate_test_support as common;
 
@@ -23,17 +23,15 @@ async fn silent_peer_is_dropped_after_the_idle_timeout_and_its_topics_released()
     let reader = tokio::spawn(async move { alive.recv().await });
 
     read_until_eof(&mut silent).await;
-    gateway.shared.connections_at_most(1).await;
+    gateway.connections_at_most(1).await;
     // The silent one is gone while the live one still gets messages.
     gateway
-        .shared
-        .hub
-        .broker()
+        .publisher()
         .publish("test-alive", "\"still here\"".into())
         .await
         .unwrap();
     assert_eq!(reader.await.unwrap()["snapshot"], "still here");
-    assert_eq!(gateway.shared.hub.registry().topic_count(), 1);
+    assert_eq!(gateway.topic_count(), 1);
 }
 
 #[tokio::test]
@@ -62,7 +60,7 @@ async fn upgrades_beyond_max_connections_get_503() {
     assert_eq!(status, 503);
     // A slot frees when a connection closes.
     first.close().await;
-    gateway.shared.connections_at_most(1).await;
+    gateway.connections_at_most(1).await;
     let (status, _) = raw_upgrade(gateway.addr, "").await;
     assert_eq!(status, 101);
 }
@@ -119,7 +117,7 @@ async fn slow_consumer_is_cut_and_others_on_the_topic_get_everything_in_order() 
     assert!(reply.to_text().unwrap().contains("context subscribed"));
     drop(slow_ws);
 
-    let broker = gateway.shared.hub.broker().clone();
+    let broker = gateway.publisher();
     let padding = "x".repeat(1000);
     let publisher = tokio::spawn(async move {
         for seq in 0..10_000 {
@@ -141,7 +139,7 @@ async fn slow_consumer_is_cut_and_others_on_the_topic_get_everything_in_order() 
     publisher.await.unwrap();
     // The slow client was cut: its connection ends and its slot is freed.
     read_until_eof(&mut slow).await;
-    gateway.shared.connections_at_most(1).await;
+    gateway.connections_at_most(1).await;
 }
 
 #[tokio::test]
@@ -202,7 +200,7 @@ async fn client_close_is_answered_with_a_close_frame() {
             break;
         }
     }
-    gateway.shared.connections_at_most(0).await;
+    gateway.connections_at_most(0).await;
 }
 
 #[tokio::test]

@@ -4,8 +4,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use topicgate::broker::cluster::key_slot;
-use topicgate::config::{Config, RawConfig};
+use topicgate::{Config, RawConfig, key_slot};
 
 use crate::{RedisServer, compile, eventually, with_test_acl};
 

@@ -6,8 +6,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
-use topicgate::config::{Config, RawConfig};
-use topicgate::server::Gateway;
+use topicgate::{Config, Gateway, RawConfig};
 
 use crate::{EVENT_TIMEOUT, RedisServer, fixtures_dir};
 
@@ -60,7 +59,7 @@ pub async fn start_gateway(config: Config) -> Gateway {
         .expect("bind port 0");
     let gateway = Gateway::start(listener, config).expect("gateway starts");
     // Redis-backed gateways report ready once the Pub/Sub link is up.
-    let mut ready = gateway.shared.hub.broker().ready();
+    let mut ready = gateway.broker_ready();
     tokio::time::timeout(EVENT_TIMEOUT, ready.wait_for(|r| *r))
         .await
         .expect("broker ready in time")
@@ -72,7 +71,7 @@ pub async fn start_gateway(config: Config) -> Gateway {
 pub fn token(claims: Value) -> String {
     let mut claims = claims;
     let object = claims.as_object_mut().expect("claims object");
-    let now = topicgate::auth::now();
+    let now = topicgate::unix_now();
     object.entry("exp").or_insert(json!(now + 3600));
     let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).expect("key");
     jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("sign")

@@ -1,0 +1,316 @@
+//! One WebSocket connection: the state machine of `docs/PROTOCOL.md`.
+//!
+//! Two tasks per connection. The reader (this module's [`run`]) owns the
+//! session state and handles requests one at a time, in order; it also
+//! watches token expiry, the auth deadline, the heartbeat, config changes,
+//! shutdown and close requests from the hub. The [`writer`] drains the
+//! bounded send queue into the socket. Both are generic over the socket's
+//! `Stream`/`Sink`, so the logic runs over any transport (the unit tests
+//! use a channel pair).
+//!
+//! One file per concern: [`authorize`] (tokens and the bound policy),
+//! [`subscribe`] (subscribe and unsubscribe), [`revoke`] (expiry and config
+//! changes), [`rate_limit`] (the request token bucket), [`writer`].
+
+mod authorize;
+mod rate_limit;
+mod revoke;
+mod subscribe;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures_util::{Sink, Stream, StreamExt};
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
+use uuid::Uuid;
+
+use crate::acl::Policy;
+use crate::auth::Mode;
+use crate::config::Config;
+use crate::hub::{ClientHandle, Hub};
+use crate::metrics::Metrics;
+use crate::protocol::{self, Action, Disconnect, ErrorCode, Request};
+use crate::state::ConnectionSlot;
+use authorize::Auth;
+use rate_limit::TokenBucket;
+
+/// What a session needs from its gateway, and nothing more.
+pub(crate) struct Handles {
+    /// Subscribe and unsubscribe, one broker subscription per topic.
+    pub hub: Arc<Hub>,
+    /// The live config: on change the session rebinds its policy and
+    /// revokes what the new one no longer allows.
+    pub config: watch::Receiver<Arc<Config>>,
+    /// Flips to `true` once: the session closes with 1001.
+    pub shutdown: watch::Receiver<bool>,
+    /// Subscriptions, authenticated sessions, auth failures, deliveries.
+    pub metrics: Arc<Metrics>,
+    /// This connection's place under `limits.max_connections`, and its
+    /// client id.
+    pub slot: ConnectionSlot,
+}
+
+struct Session {
+    /// The uuid clients must echo in every request, in its hyphenated
+    /// lowercase form. Kept as a `Uuid` (16 bytes inline) rather than its
+    /// 36-character text on the heap.
+    id: Uuid,
+    /// This connection's send queue, as the hub sees it.
+    client: ClientHandle,
+    /// Where subscriptions go.
+    hub: Arc<Hub>,
+    /// Config changes; `config` below is the last one seen.
+    updates: watch::Receiver<Arc<Config>>,
+    /// The gateway's shutdown signal.
+    shutdown: watch::Receiver<bool>,
+    /// This gateway's Prometheus series.
+    metrics: Arc<Metrics>,
+    /// Held for the connection's life, then handed back with the socket.
+    slot: ConnectionSlot,
+    /// The config this session's policy was bound against.
+    config: Arc<Config>,
+    /// Authorized or not, and until when.
+    auth: Auth,
+    /// ACL for requests without authorization in bypass mode.
+    anonymous: Option<Policy>,
+    /// Topics this session holds at the hub.
+    topics: HashSet<String>,
+    /// `limits.requests_per_sec` / `request_burst` for this connection.
+    requests: TokenBucket,
+}
+
+/// Serves one upgraded connection until it closes. Returns the socket with
+/// the connection's slot, so the caller can linger on it while it still
+/// counts: a peer that still has unread bytes in flight would otherwise get
+/// a reset and may lose the close frame.
+///
+/// Not an `async fn`: its arguments would stay in the future for the whole
+/// connection, the unsplit socket included. The setup runs here and the
+/// future keeps only what the read loop needs.
+pub(crate) fn run<S>(
+    socket: S,
+    handles: Handles,
+    peer: Option<SocketAddr>,
+) -> impl Future<Output = Option<(S, ConnectionSlot)>> + Send
+where
+    S: Stream<Item = Result<Message, WsError>>
+        + Sink<Message, Error = WsError>
+        + Unpin
+        + Send
+        + 'static,
+{
+    let Handles {
+        hub,
+        config: updates,
+        shutdown,
+        metrics,
+        slot,
+    } = handles;
+    let config = updates.borrow().clone();
+    let client = ClientHandle::new(slot.id(), config.limits.send_queue);
+    let (sink, mut stream) = socket.split();
+    let writer = tokio::spawn(writer::write_loop(
+        sink,
+        client.queue().clone(),
+        metrics.clone(),
+    ));
+
+    let id = Uuid::new_v4();
+    tracing::info!(session = %id, peer = ?peer, "connection opened");
+    for frame in protocol::greeting(id.hyphenated().encode_lower(&mut Uuid::encode_buffer())) {
+        client.push(frame);
+    }
+    let deadline = (config.auth.mode == Mode::Jwt).then(|| Instant::now() + config.auth.timeout);
+    let mut session = Session {
+        requests: TokenBucket::new(config.limits.request_burst, Instant::now()),
+        id,
+        client,
+        hub,
+        updates,
+        shutdown,
+        metrics,
+        slot,
+        config,
+        auth: Auth::None { deadline },
+        anonymous: None,
+        topics: HashSet::new(),
+    };
+    async move {
+        let reason = session.read_loop(&mut stream).await;
+        session.client.close(reason);
+        session.release_all();
+        tracing::info!(session = %session.id, peer = ?peer, reason = reason.code().unwrap_or("peer_closed"), "connection closed");
+        let slot = session.into_slot();
+        let sink = writer.await.ok()?;
+        Some((stream.reunite(sink).ok()?, slot))
+    }
+}
+
+impl Session {
+    async fn read_loop<R>(&mut self, stream: &mut R) -> Disconnect
+    where
+        R: Stream<Item = Result<Message, WsError>> + Unpin,
+    {
+        let idle_timeout = self.config.server.idle_timeout;
+        let mut last_seen = Instant::now();
+        // Heartbeat (docs/PROTOCOL.md, Closing): a ping every third of the
+        // idle timeout, queued for the writer; any frame, pongs included,
+        // proves the peer alive.
+        let mut ping_at = last_seen + idle_timeout / 3;
+        if *self.shutdown.borrow_and_update() {
+            return Disconnect::Shutdown;
+        }
+        loop {
+            // One timer for the heartbeat and all three deadlines keeps a
+            // single `Sleep` per connection. The auth deadline exists only
+            // before authorization and the token's expiry only after, so at
+            // most one of them is pending.
+            let idle_at = last_seen + idle_timeout;
+            let timer = self
+                .auth
+                .deadline()
+                .map_or(idle_at, |at| at.min(idle_at))
+                .min(ping_at);
+            tokio::select! {
+                message = stream.next() => {
+                    last_seen = Instant::now();
+                    match message {
+                    None | Some(Ok(Message::Close(_))) => return Disconnect::Gone,
+                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                        return Disconnect::TooLarge;
+                    }
+                    Some(Err(_)) => return Disconnect::Gone,
+                    // Boxed: requests are rare, and their future would
+                    // otherwise enlarge every idle connection's task.
+                    Some(Ok(Message::Text(text))) => Box::pin(self.handle_text(&text)).await,
+                    Some(Ok(Message::Binary(_))) => {
+                        self.client.push(protocol::decode_failure(&protocol::DecodeError {
+                            code: ErrorCode::BadRequest,
+                            detail: "binary frames are not accepted; send JSON text".into(),
+                            id: None,
+                        }));
+                    }
+                    Some(Ok(_)) => {}
+                    }
+                }
+                _ = sleep_until(timer) => {
+                    let now = Instant::now();
+                    if now >= ping_at {
+                        self.client.queue().ping();
+                        ping_at = now + idle_timeout / 3;
+                    }
+                    match self.auth {
+                        Auth::None { deadline: Some(at) } if now >= at => {
+                            self.metrics.auth_failure("auth_timeout");
+                            return Disconnect::AuthTimeout;
+                        }
+                        Auth::Authenticated { expires: Some(at), .. } if now >= at => {
+                            self.expire();
+                        }
+                        _ if now >= last_seen + idle_timeout => return Disconnect::Idle,
+                        _ => {}
+                    }
+                }
+                reason = self.client.queue().closed() => return reason,
+                _ = self.shutdown.changed() => return Disconnect::Shutdown,
+                changed = self.updates.changed() => {
+                    if changed.is_ok() {
+                        let config = self.updates.borrow_and_update().clone();
+                        self.apply_config(config);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether `session` is this connection's id as the greeting sent it.
+    fn is_own(&self, session: &str) -> bool {
+        session
+            == self
+                .id
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer())
+    }
+
+    async fn handle_text(&mut self, text: &str) {
+        let decoded = protocol::decode(text);
+        let limits = &self.config.limits;
+        let allowed = self.requests.take(
+            limits.requests_per_sec,
+            limits.request_burst,
+            Instant::now(),
+        );
+        let request = match decoded {
+            Ok(request) => request,
+            Err(err) => {
+                self.client.push(protocol::decode_failure(&err));
+                return;
+            }
+        };
+        if !allowed {
+            let limits = &self.config.limits;
+            let detail = format!(
+                "more than {} requests a second (burst {})",
+                limits.requests_per_sec, limits.request_burst
+            );
+            self.fail(&request, ErrorCode::LimitExceeded, &detail);
+            return;
+        }
+        if !self.is_own(&request.session) {
+            self.fail(
+                &request,
+                ErrorCode::InvalidSession,
+                "session does not match this connection",
+            );
+            return;
+        }
+        match request.action {
+            Action::Authorization => self.authorize(&request),
+            Action::Subscribe => self.subscribe(&request).await,
+            Action::Unsubscribe => self.unsubscribe(&request),
+        }
+    }
+
+    fn fail(&self, request: &Request, code: ErrorCode, detail: &str) {
+        self.client.push(protocol::failure(
+            request.action,
+            code,
+            detail,
+            &request.context,
+            request.id.as_ref(),
+        ));
+    }
+
+    fn succeed(&self, request: &Request) {
+        self.client.push(protocol::success(
+            request.action,
+            &request.context,
+            request.id.as_ref(),
+        ));
+    }
+
+    /// Lets go of everything but the connection's slot.
+    fn into_slot(self) -> ConnectionSlot {
+        self.slot
+    }
+
+    /// The connection is over: let go of every topic and of the gauges.
+    fn release_all(&mut self) {
+        self.metrics.subscriptions.sub(self.topics.len() as i64);
+        for topic in self.topics.drain() {
+            self.hub.unsubscribe(&topic, self.client.id);
+        }
+        if matches!(self.auth, Auth::Authenticated { .. }) {
+            self.metrics.sessions_authenticated.dec();
+            self.auth = Auth::None { deadline: None };
+        }
+    }
+}
