@@ -209,12 +209,40 @@ async fn publish_reply(authorization: Option<String>, body: &[u8], shared: &Shar
             *response.status_mut() = StatusCode::NO_CONTENT;
             response
         }
-        Err(err) => error_json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            &err.to_string(),
-        ),
+        Err(err) => {
+            // The broker's own wording stays in the log; the client gets
+            // where the gateway could not publish.
+            tracing::warn!(error = %err, topic = %request.topic, "publish failed");
+            error_json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                &unavailable_detail(&config),
+            )
+        }
     }
+}
+
+/// The 503 detail of `POST /publish`: which Redis is away, by address
+/// only (the URL may carry a password).
+fn unavailable_detail(config: &crate::config::Config) -> String {
+    use crate::config::BrokerKind;
+    match config.broker {
+        BrokerKind::Redis => format!("redis unavailable at {}", redis_address(&config.redis.url)),
+        BrokerKind::RedisCluster => "redis cluster unavailable".into(),
+        BrokerKind::Memory => "broker unavailable".into(),
+    }
+}
+
+/// `redis://user:pass@host:6379/0` -> `host:6379`; a socket URL -> its path.
+fn redis_address(url: &str) -> &str {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    if scheme.contains("unix") {
+        return rest.split('?').next().unwrap_or_default();
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
 }
 
 fn upgrade(shared: Arc<Shared>) -> impl Filter<Extract = (Body,), Error = warp::Rejection> + Clone {
