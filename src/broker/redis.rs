@@ -324,8 +324,11 @@ impl Actor {
                     }
                     Err(err) => {
                         let delay = jitter(backoff);
-                        let max = self.next.as_ref().unwrap_or(&self.target).reconnect_max;
-                        tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "redis unavailable");
+                        let target = self.next.as_ref().unwrap_or(&self.target);
+                        let max = target.reconnect_max;
+                        // host:port only: the URL may carry a password.
+                        let addr = target.client.get_connection_info().addr();
+                        tracing::warn!(%addr, error = %err, retry_in_ms = delay.as_millis() as u64, "redis unavailable");
                         next_attempt = Instant::now() + delay;
                         backoff = (backoff * 2).min(max);
                     }
