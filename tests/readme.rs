@@ -44,7 +44,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{RedisServer, temp_dir};
+use common::RedisServer;
 
 /// README's own addresses, replaced by the test's.
 const README_GATEWAY: &str = "127.0.0.1:3000";
@@ -402,7 +402,10 @@ fn every_readme_command_works_as_written() {
     let markdown = std::fs::read_to_string(root().join("README.md")).expect("README.md");
     let blocks = blocks(&markdown);
     let redis = RedisServer::start();
-    let scratch = temp_dir("readme");
+    let scratch = tempfile::Builder::new()
+        .prefix("topicgate-readme-")
+        .tempdir()
+        .expect("temp dir");
     let state = scratch.path().join("shell-state");
     std::fs::write(&state, "").expect("write the shell state");
 
