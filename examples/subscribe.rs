@@ -6,10 +6,12 @@
 //! # config/dev.toml (bypass mode): no token needed
 //! cargo run --example subscribe -- ws://127.0.0.1:3000/ws test-channel
 //! # config/config.toml (jwt mode): pass a token
-//! TOPICGATE_TOKEN=$(cargo run -q -- token --sub alice) \
-//!     cargo run --example subscribe -- ws://127.0.0.1:3000/ws test-channel chat-room
+//! TOKEN=$(target/release/topicgate token --sub alice --config config/config.toml)
 //! cargo run --example subscribe -- --token "$TOKEN" ws://127.0.0.1:3000/ws test-channel
 //! ```
+//!
+//! It exits (status 1) when no topic could be subscribed, e.g. without a
+//! token in jwt mode, rather than wait for messages that cannot come.
 //!
 //! Plain `ws://` only: the crate is built without TLS for its client side;
 //! reach a `wss://` endpoint through a local TLS-terminating proxy.
@@ -148,6 +150,7 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
             return Err(format!("authorization refused: {error}: {}", answer["detail"]).into());
         }
     }
+    let mut subscribed = 0;
     for (n, topic) in args.topics.iter().enumerate() {
         let id = format!("sub-{n}");
         send(
@@ -156,9 +159,13 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
         )
         .await?;
         let answer = reply(&mut socket, &id).await?;
-        if let Some(error) = answer["error"].as_str() {
-            eprintln!("subscribe {topic}: {error}: {}", answer["detail"]);
+        match answer["error"].as_str() {
+            Some(error) => eprintln!("subscribe {topic}: {error}: {}", answer["detail"]),
+            None => subscribed += 1,
         }
+    }
+    if subscribed == 0 {
+        return Err("no topic could be subscribed".into());
     }
 
     eprintln!("listening; Ctrl-C to stop");

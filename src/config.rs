@@ -116,7 +116,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         let mut raw = RawConfig::default();
-        raw.auth.jwt.secret = "change-me".into();
+        raw.auth.jwt.secret = "built-in-default-secret".into();
         match raw.compile(Path::new(".")) {
             Ok(config) => config,
             Err(err) => unreachable!("built-in defaults must compile: {err}"),

@@ -211,11 +211,16 @@ async fn publish_reply(authorization: Option<String>, body: &[u8], shared: &Shar
             *response.status_mut() = StatusCode::NO_CONTENT;
             response
         }
-        Err(err) => error_json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            &err.to_string(),
-        ),
+        Err(err) => {
+            // The broker's errors name the Redis by address, never with
+            // the URL's password, and not in a client library's words.
+            tracing::warn!(error = %err, topic = %request.topic, "publish failed");
+            error_json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                &err.to_string(),
+            )
+        }
     }
 }
 

@@ -1,9 +1,10 @@
-//! The `topicgate` binary: `run` (default), `check`, `token`.
+//! The `topicgate` binary: `run` (default), `check`, `token`, `publish`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use hyper::body::Bytes;
 use serde_json::{Map, Value};
 use topicgate::{
     AuthMode, Config, ConfigError, Gateway, LogFormat, Reloader, load_config, resolve_config_path,
@@ -35,7 +36,7 @@ enum Command {
         /// Sent as JSON when it parses as JSON, else as a string.
         payload: String,
         /// The gateway's base URL.
-        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        #[arg(long, env = "TOPICGATE_URL", default_value = "http://127.0.0.1:3000")]
         url: String,
         /// The gateway's api.key.
         #[arg(long, env = "TOPICGATE__API__KEY", hide_env_values = true)]
@@ -135,9 +136,16 @@ fn publish(topic: &str, payload: &str, url: &str, key: Option<&str>) -> ExitCode
         }
     };
     match runtime.block_on(post_publish(url, key, body)) {
-        Ok(204) => ExitCode::SUCCESS,
-        Ok(status) => {
-            eprintln!("{url}/publish answered {status}");
+        Ok((status, body)) if (200..300).contains(&status) => {
+            println!("{}", published(&body));
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!(
+                "{}/publish answered {status}: {}",
+                url.trim_end_matches('/'),
+                refusal(status, &body, key.is_some())
+            );
             ExitCode::FAILURE
         }
         Err(err) => {
@@ -147,9 +155,42 @@ fn publish(topic: &str, payload: &str, url: &str, key: Option<&str>) -> ExitCode
     }
 }
 
-async fn post_publish(url: &str, key: Option<&str>, body: String) -> Result<u16, String> {
-    use http_body_util::Full;
-    use hyper::body::Bytes;
+/// The success line: the position when the gateway recorded the message.
+fn published(body: &[u8]) -> String {
+    let reply: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    match (&reply["offset"], &reply["epoch"]) {
+        (Value::Number(offset), Value::String(epoch)) => {
+            format!("published at offset {offset} (epoch {epoch})")
+        }
+        _ => "published".into(),
+    }
+}
+
+/// Why the gateway refused, from its reply body, with a hint where the
+/// status alone says what to do.
+fn refusal(status: u16, body: &[u8], sent_key: bool) -> String {
+    let text = String::from_utf8_lossy(body);
+    let reason = match serde_json::from_str::<Value>(&text) {
+        Ok(reply) => [&reply["error"], &reply["detail"]]
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect::<Vec<_>>()
+            .join(": "),
+        Err(_) => text.trim().to_string(),
+    };
+    let hint = match status {
+        404 => " (publishing is off: set api.key in the gateway's config)",
+        401 if !sent_key => " (pass --key or set TOPICGATE__API__KEY)",
+        _ => "",
+    };
+    format!("{reason}{hint}")
+}
+
+/// Longest reply body read back; the gateway's replies are a few bytes.
+const REPLY_LIMIT: usize = 64 * 1024;
+
+async fn post_publish(url: &str, key: Option<&str>, body: String) -> Result<(u16, Bytes), String> {
+    use http_body_util::{BodyExt, Full, Limited};
     let base: hyper::Uri = url.parse().map_err(|e| format!("bad --url: {e}"))?;
     if base.scheme_str() != Some("http") {
         return Err("--url must be an http:// URL".into());
@@ -178,13 +219,23 @@ async fn post_publish(url: &str, key: Option<&str>, body: String) -> Result<u16,
         .send_request(request)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(response.status().as_u16())
+    let status = response.status().as_u16();
+    let body = Limited::new(response.into_body(), REPLY_LIMIT)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the reply: {e}"))?
+        .to_bytes();
+    Ok((status, body))
 }
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour codes only where a terminal renders them, never into log files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -447,3 +447,134 @@ async fn console_is_404_unless_enabled_and_follows_reload() {
     let (status, _) = http_get(gateway.addr, "/console").await;
     assert_eq!(status, 404);
 }
+
+/// JS: whether `el`'s computed colour is the page's `--bad` colour.
+const IS_BAD_COLOUR: &str = "const probe = document.createElement('span');
+    probe.style.color = 'var(--bad)'; document.body.append(probe);
+    const bad = getComputedStyle(probe).color; probe.remove();";
+
+#[tokio::test]
+async fn console_in_chromium_shows_a_refused_token_and_what_is_off() {
+    let redis = RedisServer::start();
+    // jwt mode and no api.key: publishing is off.
+    let gateway = start_gateway(base_config(Some(&redis), "[server]\nconsole = true\n")).await;
+    let (_chromium, devtools) = Chromium::launch().await;
+    let cdp = Cdp::connect(&devtools).await;
+    let mut page = Page::open(cdp, &format!("http://{}/console", gateway.addr)).await;
+
+    // Before any connection the pill says so, in the idle colour.
+    let status = page
+        .eval("const s = document.getElementById('status'); [s.dataset.state, s.textContent]")
+        .await;
+    assert_eq!(status, json!(["idle", "not connected"]));
+    // Placeholders are examples, styled apart from values.
+    let placeholder = page
+        .eval(
+            "const t = document.getElementById('token');
+             [t.value, getComputedStyle(t, '::placeholder').fontStyle]",
+        )
+        .await;
+    assert_eq!(placeholder, json!(["", "italic"]));
+    let shown = page
+        .wait_for(
+            "the header to show the broker",
+            "const i = document.getElementById('server-info');
+             return i.dataset.state === 'up' && i.textContent;",
+        )
+        .await;
+    assert_eq!(shown, "broker redis · redis up");
+
+    // The Publish panel is disabled and says why.
+    let off = page
+        .wait_for(
+            "the Publish panel to turn off",
+            "const f = document.getElementById('publish-fields');
+             const hint = document.getElementById('publish-off');
+             return f.disabled && !hint.hidden && hint.textContent.replace(/\\s+/g, ' ');",
+        )
+        .await;
+    assert!(
+        off.as_str().is_some_and(|t| t.contains("set api.key")),
+        "{off}"
+    );
+    assert_eq!(
+        page.eval("document.getElementById('publish').matches(':disabled')")
+            .await,
+        true
+    );
+
+    // A wrong token: the pill turns red with the reason, the topic cannot
+    // be subscribed, and Disconnect is now the primary action.
+    page.eval(
+        "document.getElementById('token').value = 'not-a-token';
+         document.getElementById('topics-input').value = 'test-browser';
+         document.getElementById('connect').click();",
+    )
+    .await;
+    let pill = page
+        .wait_for(
+            "the pill to show the refusal",
+            "const s = document.getElementById('status');
+             return s.dataset.state === 'unauthorized' && s.textContent;",
+        )
+        .await;
+    assert_eq!(pill, "unauthorized · invalid_token");
+    let red = page
+        .eval(&format!(
+            "{IS_BAD_COLOUR} getComputedStyle(document.getElementById('status')).color === bad"
+        ))
+        .await;
+    assert_eq!(red, true);
+    let problem = page
+        .eval("document.getElementById('auth-problem').textContent")
+        .await;
+    assert!(
+        problem
+            .as_str()
+            .is_some_and(|p| p.starts_with("authorization refused: invalid_token")),
+        "{problem}"
+    );
+    let card = page
+        .eval(&format!(
+            "const c = {CARD};
+             [c.dataset.state, c.querySelector('[data-testid=topic-toggle]').disabled,
+              c.querySelector('[data-testid=topic-detail]').textContent]"
+        ))
+        .await;
+    assert_eq!(
+        card,
+        json!(["idle", true, "not subscribed: authorization refused"])
+    );
+    assert_eq!(
+        page.eval("document.getElementById('subscribe').disabled")
+            .await,
+        true
+    );
+    let buttons = page
+        .eval(
+            "[document.getElementById('connect').classList.contains('primary'),
+              document.getElementById('disconnect').classList.contains('primary')]",
+        )
+        .await;
+    assert_eq!(buttons, json!([false, true]));
+
+    // After a shutdown the header no longer claims Redis is up.
+    gateway.shutdown().await;
+    let after = page
+        .wait_for(
+            "the page to see the shutdown",
+            "const s = document.getElementById('status');
+             const i = document.getElementById('server-info');
+             return s.dataset.state === 'closed' && i.dataset.state === 'disconnected'
+                 && [s.textContent, i.textContent];",
+        )
+        .await;
+    assert_eq!(after, json!(["closed · 1001 shutdown", "disconnected"]));
+    let buttons = page
+        .eval(
+            "[document.getElementById('connect').classList.contains('primary'),
+              document.getElementById('disconnect').disabled]",
+        )
+        .await;
+    assert_eq!(buttons, json!([true, true]));
+}

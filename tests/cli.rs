@@ -118,6 +118,7 @@ fn environment_overrides_the_file() {
         &[
             ("TOPICGATE__REDIS__URL", "redis://10.1.2.3:7000/2"),
             ("TOPICGATE__LIMITS__MAX_SUBSCRIPTIONS", "7"),
+            ("TOPICGATE__AUTH__JWT__SECRET", REAL_SECRET),
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -129,15 +130,63 @@ fn environment_overrides_the_file() {
     assert!(printed.contains("max_subscriptions = 7"), "{printed}");
 }
 
+/// A secret that is not a placeholder, for the shipped production-style
+/// config (its own `secret = "change-me"` is refused on purpose).
+const REAL_SECRET: &str = "0f6c2b1e9d8a7c5b4e3f2a1d0c9b8a7e";
+
 #[test]
 fn shipped_configs_are_valid() {
     for file in ["config/config.toml", "config/dev.toml"] {
         let out = run(
             &["check", "--config", repo_file(file).to_str().unwrap()],
-            &[],
+            &[("TOPICGATE__AUTH__JWT__SECRET", REAL_SECRET)],
         );
         assert_eq!(out.status.code(), Some(0), "{file}: {}", text(&out.stderr));
     }
+    // The dev config needs nothing from the environment.
+    let dev = repo_file("config/dev.toml");
+    let out = run(&["check", "--config", dev.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn placeholder_secrets_are_refused_in_jwt_mode_naming_the_key() {
+    // The production-style config as shipped: its secret is a placeholder.
+    let shipped = repo_file("config/config.toml");
+    let out = run(&["check", "--config", shipped.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("auth.jwt.secret: is a placeholder from an example"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("TOPICGATE__AUTH__JWT__SECRET"), "{stderr}");
+    // Also from the environment, in any case, and through secret_file.
+    for placeholder in ["Change-Me", "secret", "change-me-jwt-secret", " changeme "] {
+        let out = run(
+            &["check", "--config", shipped.to_str().unwrap()],
+            &[("TOPICGATE__AUTH__JWT__SECRET", placeholder)],
+        );
+        assert_eq!(out.status.code(), Some(2), "{placeholder:?} accepted");
+    }
+    let dir = common::temp_dir("cli-secret-file");
+    std::fs::write(dir.path().join("jwt.secret"), "changeme\n").unwrap();
+    let config = dir.path().join("gw.toml");
+    std::fs::write(&config, "[auth.jwt]\nsecret_file = \"jwt.secret\"\n").unwrap();
+    let out = run(&["check", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("auth.jwt.secret_file: is a placeholder"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Bypass mode (development) accepts any secret.
+    let bypass = temp_config(
+        "bypass-placeholder",
+        "[auth]\nmode = \"bypass\"\n[auth.jwt]\nsecret = \"change-me\"\n",
+    );
+    let out = run(&["check", "--config", bypass.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
 #[test]

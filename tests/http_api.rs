@@ -94,6 +94,14 @@ async fn publish_endpoint_is_503_while_redis_is_down() {
     let body = json!({"topic":"test-x","data":1}).to_string();
     let (status, text) = post_publish(gateway.addr, Some(KEY), &body).await;
     assert_eq!(status, 503, "{text}");
+    // The reason names the Redis by address, in the gateway's own words.
+    let reply: Value = serde_json::from_str(&text).expect("a JSON reply");
+    assert_eq!(reply["error"], "unavailable");
+    let detail = reply["detail"].as_str().expect("a detail");
+    assert!(
+        detail.starts_with(&format!("redis unavailable at 127.0.0.1:{}", redis.port)),
+        "{detail}"
+    );
 }
 
 #[tokio::test]
@@ -135,13 +143,38 @@ async fn publish_command_posts_to_a_running_gateway() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "published\n");
     assert_eq!(c.recv().await["snapshot"], json!({"info":"Hello"}));
     let out = run("plain words", KEY).await.unwrap();
     assert!(out.status.success());
     assert_eq!(c.recv().await["snapshot"], "plain words");
     let out = run("1", "wrong-key").await.unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    // The server's reason is passed on, not only its status.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("{url}/publish answered 401: unauthorized: send Authorization: Bearer <api.key>\n")
+    );
+}
+
+#[tokio::test]
+async fn publish_command_explains_a_gateway_without_a_key() {
+    let gateway = start_gateway(base_config(None, "")).await;
+    let url = format!("http://{}", gateway.addr);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_topicgate"))
+        .args(["publish", "test-cli", "1", "--url", &url, "--key", "any"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "{url}/publish answered 404: not found \
+             (publishing is off: set api.key in the gateway's config)\n"
+        )
+    );
 }
 
 #[tokio::test]

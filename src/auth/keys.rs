@@ -59,6 +59,20 @@ impl Authenticator {
                 "must be set (or auth.jwt.secret_file) when an HS* algorithm is allowed",
             ));
         }
+        // Anyone can sign tokens with a secret copied from an example.
+        let placeholder = secret.as_deref().is_some_and(is_placeholder);
+        if placeholder && wants_hmac && mode == Mode::Jwt {
+            let key = if jwt.secret_file.is_empty() {
+                "auth.jwt.secret"
+            } else {
+                "auth.jwt.secret_file"
+            };
+            issues.push(Issue::new(
+                key,
+                "is a placeholder from an example; set a real secret, e.g. \
+                 TOPICGATE__AUTH__JWT__SECRET=$(openssl rand -hex 32)",
+            ));
+        }
         let family_algs = |family: AlgorithmFamily| -> Vec<Algorithm> {
             algorithms
                 .iter()
@@ -326,4 +340,39 @@ fn family_name(family: AlgorithmFamily) -> &'static str {
         AlgorithmFamily::Ec => "EC",
         AlgorithmFamily::Ed => "Ed25519",
     }
+}
+
+/// Secrets copied from examples and tutorials, compared case-insensitively
+/// after trimming; a secret starting with one of [`PLACEHOLDER_PREFIXES`]
+/// (such as `change-me-jwt-secret` in `.env.example`) counts too.
+const PLACEHOLDERS: &[&str] = &[
+    "secret",
+    "changeit",
+    "password",
+    "placeholder",
+    "your-secret",
+    "your_secret",
+    "yoursecret",
+    "your-256-bit-secret",
+    "jwt-secret",
+    "jwt_secret",
+    "...",
+    "xxx",
+    "todo",
+];
+const PLACEHOLDER_PREFIXES: &[&str] = &[
+    "change-me",
+    "changeme",
+    "change_me",
+    "replace-me",
+    "replaceme",
+];
+
+/// Whether an HS secret is a known placeholder rather than a real secret.
+pub(crate) fn is_placeholder(secret: &[u8]) -> bool {
+    let secret = secret.trim_ascii().to_ascii_lowercase();
+    PLACEHOLDERS.iter().any(|p| secret == p.as_bytes())
+        || PLACEHOLDER_PREFIXES
+            .iter()
+            .any(|p| secret.starts_with(p.as_bytes()))
 }

@@ -99,7 +99,11 @@ impl Reloader {
             }
             Err(err) => {
                 self.metrics.config_reload_failures.inc();
-                let text = err.to_string().replace('\n', ";");
+                // One line: "invalid config FILE: key: why; key: why".
+                let full = err.to_string();
+                let mut lines = full.lines().map(str::trim);
+                let head = lines.next().unwrap_or_default();
+                let text = format!("{head} {}", lines.collect::<Vec<_>>().join("; "));
                 tracing::error!(error = %text, "config reload rejected; the running config stays");
                 Outcome::Rejected(text)
             }

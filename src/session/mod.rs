@@ -124,7 +124,7 @@ where
     ));
 
     let id = Uuid::new_v4();
-    tracing::info!(session = %id, peer = ?peer, "connection opened");
+    tracing::info!(session = %id, peer = peer.map(tracing::field::display), "connection opened");
     for frame in protocol::greeting(id.hyphenated().encode_lower(&mut Uuid::encode_buffer())) {
         client.push(frame);
     }
@@ -147,7 +147,7 @@ where
         let reason = session.read_loop(&mut stream).await;
         session.client.close(reason);
         session.release_all();
-        tracing::info!(session = %session.id, peer = ?peer, reason = reason.code().unwrap_or("peer_closed"), "connection closed");
+        tracing::info!(session = %session.id, peer = peer.map(tracing::field::display), reason = reason.code().unwrap_or("peer_closed"), "connection closed");
         let slot = session.into_slot();
         let sink = writer.await.ok()?;
         Some((stream.reunite(sink).ok()?, slot))
