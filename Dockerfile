@@ -18,7 +18,7 @@ FROM debian:bookworm-slim
 # ca-certificates: the trust store rediss:// connections verify Redis against
 # (add a private CA to it, or point SSL_CERT_FILE at one).
 # curl: the HEALTHCHECK below. The alternatives were worse: a health-check
-# subcommand would add a CLI mode the contract (SPEC §4) does not have, and
+# subcommand would add a CLI mode the contract the documented command line does not have, and
 # bash's /dev/tcp needs a shell and cannot read the HTTP status. curl in
 # exec form runs without a shell and fails on any status other than 2xx.
 RUN apt-get update \
@@ -33,7 +33,7 @@ COPY --from=builder /src/target/release/topicgate /usr/local/bin/topicgate
 COPY config/config.toml /etc/topicgate/config.toml
 USER 10001:10001
 EXPOSE 3000
-# /healthz answers 200 while the process serves (SPEC §5); /readyz would
+# /healthz answers 200 while the process serves (README "HTTP"); /readyz would
 # also turn the container unhealthy while Redis is away, which a restart
 # does not fix. Port 3000 is server.bind of the shipped config.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \

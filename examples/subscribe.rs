@@ -130,7 +130,7 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
     let (mut socket, _) = tokio_tungstenite::client_async(args.url.as_str(), tcp).await?;
     eprintln!("connected to {}", args.url);
 
-    // The greeting's second frame carries the session id (SPEC §1).
+    // The greeting's second frame carries the session id (docs/PROTOCOL.md "Connect").
     let session = loop {
         let frame = next_frame(&mut socket)
             .await?

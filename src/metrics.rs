@@ -1,4 +1,4 @@
-//! Prometheus series of SPEC §5, one registry per gateway.
+//! The Prometheus series of `GET /metrics` (README "HTTP"), one registry per gateway.
 //!
 //! A registry per [`Metrics`] rather than the process-global one, so several
 //! gateways in one process (the integration tests) keep separate counts.

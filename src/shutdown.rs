@@ -1,4 +1,5 @@
-//! One future for SIGINT/SIGTERM (SPEC §1: close 1001, then exit 0).
+//! One future for SIGINT/SIGTERM (docs/PROTOCOL.md "Closing": close 1001,
+//! then exit 0).
 
 /// Resolves on the first SIGINT or SIGTERM.
 pub async fn signal() {

@@ -1,4 +1,4 @@
-//! `rediss://` (SPEC §2): the gateway subscribes and publishes over TLS.
+//! `rediss://` (docs/CONFIG.md `[redis]`): the gateway subscribes and publishes over TLS.
 
 use topicgate_test_support as common;
 

@@ -1,5 +1,5 @@
 //! One benchmark connection: TCP connect (optionally from a chosen
-//! 127.0.0.x), WebSocket handshake, the SPEC §1 greeting, authorization and
+//! 127.0.0.x), WebSocket handshake, the greeting (docs/PROTOCOL.md), authorization and
 //! subscribe, then a read loop that only scans delivery frames.
 
 use std::net::{IpAddr, SocketAddr};
