@@ -88,20 +88,21 @@ impl Actor {
                         self.ready.send_replace(true);
                         let (topics, addr) = (self.topics.len(), self.target.addr.as_str());
                         if moving {
-                            tracing::info!(topics, addr, "moved to the new redis and resubscribed");
+                            tracing::info!(topics, addr = %addr, "moved to the new redis and resubscribed");
                         } else if was_connected {
                             self.metrics.redis_reconnects.inc();
-                            tracing::info!(topics, addr, "redis reconnected and resubscribed");
+                            tracing::info!(topics, addr = %addr, "redis reconnected and resubscribed");
                         } else {
-                            tracing::info!(addr, "redis connected");
+                            tracing::info!(addr = %addr, "redis connected");
                         }
                         was_connected = true;
                         backoff.reset();
                     }
                     Err(err) => {
-                        let max = self.next.as_ref().unwrap_or(&self.target).reconnect_max;
-                        let delay = backoff.delay(max);
+                        let target = self.next.as_ref().unwrap_or(&self.target);
+                        let delay = backoff.delay(target.reconnect_max);
                         tracing::warn!(
+                            addr = %target.addr,
                             error = %err,
                             hint = err.hint(),
                             retry_in_ms = delay.as_millis() as u64,
@@ -218,10 +219,10 @@ impl Actor {
             Ok(()) => self.library.set_loaded(true),
             Err(LoadError::Refused(err)) => {
                 self.library.set_loaded(false);
-                tracing::warn!(error = %err, addr, "history unavailable: the topicgate function library cannot be loaded");
+                tracing::warn!(error = %err, addr = %addr, "history unavailable: the topicgate function library cannot be loaded");
             }
             Err(LoadError::Unreachable(err)) => {
-                tracing::warn!(error = %err, addr, "the topicgate function library was not loaded");
+                tracing::warn!(error = %err, addr = %addr, "the topicgate function library was not loaded");
             }
         }
     }
