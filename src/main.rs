@@ -281,13 +281,16 @@ fn run(config: Config, path: PathBuf, log_format: Option<&str>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // Handlers first: the "listening" line tells scripts and tests that
+        // a SIGTERM from now on drains.
+        let stop = shutdown_signal();
         tracing::info!(addr = %gateway.addr, "topicgate listening");
         let reloader = Reloader::new(path, None, gateway.config_sender(), gateway.metrics());
         // Without a watcher the gateway still serves; reloads need a restart.
         let _watcher = watch_config(reloader)
             .map_err(|err| tracing::error!(error = %err, "cannot watch the config file"))
             .ok();
-        let left = gateway.run_until(shutdown_signal()).await;
+        let left = gateway.run_until(stop).await;
         if left > 0 {
             tracing::warn!(connections = left, "shutdown grace ran out");
         }
