@@ -1,4 +1,4 @@
-//! `POST /publish` (docs/PROTOCOL.md, HTTP API): publishes through the
+//! `POST /publish` (README, HTTP): publishes through the
 //! broker, so through Redis on the redis broker, and every replica's
 //! subscribers receive it.
 //!
@@ -25,7 +25,7 @@ use crate::state::Shared;
 /// How long a publish body may take to arrive once the head is accepted.
 /// A body is at most `limits.max_message_bytes`: a few seconds carry it on
 /// any link a publisher uses.
-pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(serde::Deserialize)]
 struct PublishBody {
