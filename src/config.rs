@@ -63,6 +63,9 @@ pub struct Server {
     pub allowed_origins: Vec<String>,
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Longest wait for an HTTP request head, and longest idle time of a
+    /// keep-alive connection between requests.
+    pub header_timeout: Duration,
     pub console: bool,
     pub log_format: LogFormat,
 }

@@ -2,8 +2,9 @@
 //!
 //! # Layout
 //!
-//! A client connects over WebSocket: `http` checks the upgrade and hands
-//! the socket to `session`, one task pair per connection that speaks the
+//! A client connects over WebSocket: `http` accepts the TCP connection
+//! (a header timeout, a cap on connections not yet upgraded), checks the
+//! upgrade and hands the socket to `session`, one task pair per connection that speaks the
 //! JSON protocol of `protocol` (`docs/PROTOCOL.md`). An `authorization`
 //! request goes through `auth` (token -> identity with claims) and binds
 //! the `acl` rules to that identity once; each `subscribe` is then a lookup

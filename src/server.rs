@@ -27,7 +27,7 @@ pub struct Gateway {
     config: watch::Sender<Arc<Config>>,
     /// Flipped once by [`Gateway::shutdown`].
     shutdown: watch::Sender<bool>,
-    /// The warp server, aborted once the drain ends.
+    /// The accept loop, aborted once the drain ends.
     server: JoinHandle<()>,
 }
 
@@ -73,13 +73,7 @@ impl Gateway {
                 hub.broker().reconfigure(&config);
             }
         });
-        let mut stop_accepting = shutdown_rx;
-        let server = warp::serve(crate::http::routes(shared.clone()))
-            .incoming(listener)
-            .graceful(async move {
-                let _ = stop_accepting.wait_for(|stop| *stop).await;
-            })
-            .run();
+        let server = crate::http::serve(listener, shared.clone(), shutdown_rx);
         Ok(Self {
             addr,
             shared,

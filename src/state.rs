@@ -5,7 +5,7 @@
 //! need; `server` builds it. It imports nothing above itself.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use prometheus::IntGauge;
 use tokio::sync::{Notify, watch};
@@ -31,12 +31,16 @@ pub(crate) struct Shared {
     pub connections: Arc<Connections>,
 }
 
-/// The open WebSocket connections of one gateway. Shared with every
-/// [`ConnectionSlot`] rather than reached through [`Shared`], so a
+/// The open connections of one gateway: WebSocket sessions, and the HTTP
+/// connections not (yet) upgraded. Shared with every [`ConnectionSlot`]
+/// and [`HttpSlot`] rather than reached through [`Shared`], so a
 /// connection holds its count and nothing else of the gateway.
 pub(crate) struct Connections {
     /// Slots currently held, the refused ones included until they drop.
     open: AtomicUsize,
+    /// HTTP connections accepted and not upgraded: a budget of their own,
+    /// so requests that never complete cannot take every descriptor.
+    http: AtomicUsize,
     /// Source of client ids, unique per gateway.
     next_id: AtomicU64,
     /// Woken each time a slot is released, for the shutdown drain.
@@ -50,6 +54,7 @@ impl Connections {
     pub fn new(gauge: IntGauge) -> Self {
         Self {
             open: AtomicUsize::new(0),
+            http: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             released: Notify::new(),
             gauge,
@@ -82,6 +87,48 @@ impl Connections {
             connections: self.clone(),
         };
         (previous < limit).then_some(slot)
+    }
+
+    /// HTTP connections accepted and not upgraded.
+    #[cfg(test)]
+    pub fn http_count(&self) -> usize {
+        self.http.load(Ordering::Acquire)
+    }
+
+    /// Reserves a slot for an accepted TCP connection, or `None` when
+    /// `limit` HTTP connections are already held.
+    pub fn accept(self: &Arc<Self>, limit: usize) -> Option<HttpSlot> {
+        let previous = self.http.fetch_add(1, Ordering::AcqRel);
+        let slot = HttpSlot {
+            released: AtomicBool::new(false),
+            connections: self.clone(),
+        };
+        (previous < limit).then_some(slot)
+    }
+}
+
+/// An accepted TCP connection's place among the HTTP connections; released
+/// when it upgrades to a WebSocket (which then holds a [`ConnectionSlot`])
+/// or when it closes, whichever comes first.
+pub(crate) struct HttpSlot {
+    /// Set once the count was given back, so it is given back once.
+    released: AtomicBool,
+    /// The count this slot is part of.
+    connections: Arc<Connections>,
+}
+
+impl HttpSlot {
+    /// Gives the slot back; later calls and the drop do nothing.
+    pub fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.connections.http.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for HttpSlot {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -136,6 +183,21 @@ mod tests {
         let a = connections.open(2).expect("room");
         let b = connections.open(2).expect("room");
         assert_ne!(a.id(), b.id());
+    }
+
+    #[test]
+    fn http_slots_have_their_own_budget_and_release_once() {
+        let connections = connections();
+        let _session = connections.open(1).expect("room for a session");
+        let first = connections.accept(1).expect("room for an HTTP connection");
+        assert!(connections.accept(1).is_none());
+        assert_eq!(connections.http_count(), 1);
+        first.release();
+        first.release();
+        assert_eq!(connections.http_count(), 0);
+        drop(first);
+        assert_eq!(connections.http_count(), 0);
+        assert_eq!(connections.count(), 1);
     }
 
     #[tokio::test]

@@ -446,3 +446,95 @@ fn the_compose_reader_reads_what_the_file_uses() {
     assert_eq!(compose.scalar("services.b.build"), ".");
     assert_eq!(compose.services(), ["a", "b"]);
 }
+
+/// The `location` blocks of deploy/nginx.conf's public server, as
+/// (paths it matches, whether it proxies). Reads the forms the file uses:
+/// exact (`= /p`), prefix (`/p`, matching any path under it) and regexes
+/// `^/(a|b)$` or `^/(a)?$`, expanded to their paths.
+fn nginx_locations() -> Vec<(Vec<String>, bool)> {
+    let nginx = read("deploy/nginx.conf");
+    let lines: Vec<&str> = nginx
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .collect();
+    let mut locations = Vec::new();
+    for (n, line) in lines.iter().enumerate() {
+        let Some(pattern) = line
+            .strip_prefix("location ")
+            .and_then(|l| l.strip_suffix(" {"))
+        else {
+            continue;
+        };
+        let block: Vec<&str> = lines[n + 1..]
+            .iter()
+            .take_while(|l| **l != "}")
+            .copied()
+            .collect();
+        let proxies = block.iter().any(|l| l.starts_with("proxy_pass "));
+        let paths = if let Some(exact) = pattern.strip_prefix("= ") {
+            vec![exact.to_string()]
+        } else if let Some(regex) = pattern.strip_prefix("~ ") {
+            let group = regex
+                .strip_prefix("^/(")
+                .and_then(|r| r.strip_suffix("$"))
+                .unwrap_or_else(|| panic!("regex {regex:?} outside what this test reads"));
+            let (alternatives, optional) = match group.strip_suffix(")?") {
+                Some(alternatives) => (alternatives, true),
+                None => (
+                    group
+                        .strip_suffix(')')
+                        .unwrap_or_else(|| panic!("regex {regex:?} outside what this test reads")),
+                    false,
+                ),
+            };
+            let mut paths: Vec<String> = alternatives.split('|').map(|a| format!("/{a}")).collect();
+            if optional {
+                paths.push("/".into());
+            }
+            paths
+        } else {
+            vec![format!("{pattern}*")]
+        };
+        locations.push((paths, proxies));
+    }
+    locations
+}
+
+/// Whether a public nginx location forwards `path` to the gateways.
+fn nginx_proxies(path: &str) -> bool {
+    let locations = nginx_locations();
+    let matches = |pattern: &String| match pattern.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => pattern == path,
+    };
+    // Exact and regex matches win over a prefix, as in nginx.
+    let exact = locations
+        .iter()
+        .find(|(paths, _)| paths.iter().any(|p| !p.ends_with('*') && matches(p)));
+    let prefix = locations
+        .iter()
+        .filter(|(paths, _)| paths.iter().any(|p| p.ends_with('*') && matches(p)))
+        .max_by_key(|(paths, _)| paths.iter().map(String::len).max());
+    exact.or(prefix).is_some_and(|(_, proxies)| *proxies)
+}
+
+#[test]
+fn nginx_exposes_only_the_websocket_and_the_health_checks() {
+    for path in ["/", "/ws", "/healthz", "/readyz"] {
+        assert!(nginx_proxies(path), "nginx proxies {path}");
+    }
+    for path in [
+        "/metrics",
+        "/publish",
+        "/console",
+        "/console/",
+        "/ws/x",
+        "/other",
+    ] {
+        assert!(
+            !nginx_proxies(path),
+            "nginx keeps {path} off the public listener"
+        );
+    }
+}

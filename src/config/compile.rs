@@ -11,6 +11,10 @@ use super::{BrokerKind, Config, ConfigError, Issue, Limits, LogFormat, RawConfig
 use crate::acl::Acl;
 use crate::auth::Authenticator;
 
+/// Bounds of `server.header_timeout_secs`: a request head needs at least a
+/// second on a slow link, and an hour is already far beyond any client.
+const HEADER_TIMEOUT_SECS: std::ops::RangeInclusive<u64> = 1..=3600;
+
 impl RawConfig {
     /// Parses TOML text with no environment overrides (tests, examples).
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
@@ -75,6 +79,17 @@ impl RawConfig {
         if s.idle_timeout_secs == 0 {
             issues.push(Issue::new("server.idle_timeout_secs", "must be at least 1"));
         }
+        if !HEADER_TIMEOUT_SECS.contains(&s.header_timeout_secs) {
+            issues.push(Issue::new(
+                "server.header_timeout_secs",
+                format!(
+                    "{} is out of range; expected {} to {}",
+                    s.header_timeout_secs,
+                    HEADER_TIMEOUT_SECS.start(),
+                    HEADER_TIMEOUT_SECS.end()
+                ),
+            ));
+        }
         let log_format = match s.log_format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -91,6 +106,7 @@ impl RawConfig {
             allowed_origins: s.allowed_origins.clone(),
             idle_timeout: Duration::from_secs(s.idle_timeout_secs),
             shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),
+            header_timeout: Duration::from_secs(s.header_timeout_secs),
             console: s.console,
             log_format,
         })
@@ -161,12 +177,15 @@ impl RawConfig {
         }
     }
 
-    /// A stable hash of the effective config, secrets included (so a
-    /// rotated secret changes it) but never revealed by it.
+    /// A stable hash of the effective config with its secrets masked, as
+    /// `topicgate check` prints it: it tells which version a replica runs
+    /// and is shown by `/readyz`, so nothing derived from the JWT secret,
+    /// the API key or a Redis password may enter it (an offline guess of a
+    /// weak secret could be checked against it).
     fn fingerprint(&self) -> String {
         use std::hash::{DefaultHasher, Hash, Hasher};
         let mut hasher = DefaultHasher::new();
-        toml::to_string(self).unwrap_or_default().hash(&mut hasher);
+        self.to_masked_toml().hash(&mut hasher);
         format!("{:016x}", hasher.finish())
     }
 }

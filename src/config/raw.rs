@@ -26,6 +26,7 @@ pub struct RawServer {
     pub allowed_origins: Vec<String>,
     pub idle_timeout_secs: u64,
     pub shutdown_grace_secs: u64,
+    pub header_timeout_secs: u64,
     pub console: bool,
     pub log_format: String,
 }
@@ -37,6 +38,7 @@ impl Default for RawServer {
             allowed_origins: Vec::new(),
             idle_timeout_secs: 60,
             shutdown_grace_secs: 10,
+            header_timeout_secs: 10,
             console: false,
             log_format: "text".into(),
         }

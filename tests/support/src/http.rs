@@ -68,7 +68,13 @@ pub async fn raw_upgrade(addr: SocketAddr, extra: &str) -> (u16, TcpStream) {
     tcp.write_all(request.as_bytes())
         .await
         .expect("write upgrade");
-    // Read the response head byte by byte so no frame bytes are consumed.
+    let status = read_status(&mut tcp).await;
+    (status, tcp)
+}
+
+/// Reads a response head byte by byte, so nothing after it is consumed,
+/// and returns its status code (0 when the connection closed first).
+pub async fn read_status(tcp: &mut TcpStream) -> u16 {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -81,12 +87,11 @@ pub async fn raw_upgrade(addr: SocketAddr, extra: &str) -> (u16, TcpStream) {
         }
         head.push(byte[0]);
     }
-    let status = String::from_utf8_lossy(&head)
+    String::from_utf8_lossy(&head)
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, tcp)
+        .unwrap_or(0)
 }
 
 /// Reads and discards until the peer closes the TCP connection; returns
