@@ -11,6 +11,10 @@ use super::{BrokerKind, Config, ConfigError, Issue, Limits, LogFormat, RawConfig
 use crate::acl::Acl;
 use crate::auth::Authenticator;
 
+/// Upper bound of `redis.health_check_secs`: a check rarer than an hour
+/// would not notice a dead link in any useful time.
+const MAX_HEALTH_CHECK_SECS: u64 = 3600;
+
 impl RawConfig {
     /// Parses TOML text with no environment overrides (tests, examples).
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
@@ -120,12 +124,20 @@ impl RawConfig {
             issues.push(Issue::new("redis.reconnect_max_secs", "must be at least 1"));
             ok = false;
         }
+        if !(1..=MAX_HEALTH_CHECK_SECS).contains(&r.health_check_secs) {
+            issues.push(Issue::new(
+                "redis.health_check_secs",
+                format!("must be between 1 and {MAX_HEALTH_CHECK_SECS}"),
+            ));
+            ok = false;
+        }
         ok.then(|| Redis {
             url: r.url.clone(),
             password: (!r.password.is_empty()).then(|| r.password.clone()),
             pool_size: r.pool_size,
             channel_prefix: r.channel_prefix.clone(),
             reconnect_max: Duration::from_secs(r.reconnect_max_secs),
+            health_check: Duration::from_secs(r.health_check_secs),
             nodes: r.nodes.clone(),
         })
     }

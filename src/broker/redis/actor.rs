@@ -4,17 +4,24 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use futures_util::StreamExt;
+use futures_util::future::join_all;
 use redis::aio::PubSubSink;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
+use tokio::time::{Instant, timeout};
 
 use super::Target;
-use crate::broker::engine::{Backoff, BrokerError, Command, Spawn, within};
+use crate::broker::engine::{Backoff, BrokerError, Command, IO_TIMEOUT, Spawn, from_redis, within};
 use crate::broker::history::{self, Library, LoadError};
 use crate::broker::{Deliver, Delivery};
 use crate::metrics::Metrics;
+
+/// Channels per SUBSCRIBE burst when a new link resubscribes every held
+/// topic: each burst is one write and is confirmed within the I/O timeout.
+const RESUBSCRIBE_BATCH: usize = 1000;
 
 /// The live subscribing connection.
 struct Link {
@@ -23,11 +30,14 @@ struct Link {
     generation: u64,
     /// Reads the message stream; aborted when the link is dropped.
     reader: JoinHandle<()>,
+    /// Pings the connection (`probe`); aborted when the link is dropped.
+    health: JoinHandle<()>,
 }
 
 impl Drop for Link {
     fn drop(&mut self) {
         self.reader.abort();
+        self.health.abort();
     }
 }
 
@@ -42,18 +52,23 @@ struct Actor {
     link: Option<Link>,
     ready: watch::Sender<bool>,
     generation: u64,
-    /// Readers report the generation whose stream ended.
+    /// Readers report the generation whose stream ended, and health
+    /// checks the generation that stopped answering.
     lost_tx: mpsc::UnboundedSender<u64>,
     lost_rx: mpsc::UnboundedReceiver<u64>,
     /// Counts reconnects (`topicgate_redis_reconnects_total`).
     metrics: Arc<Metrics>,
     /// Loaded on every new link: a restarted Redis may have lost it.
     library: Arc<Library>,
+    /// `redis.health_check_secs`, read by the live link's health check at
+    /// each ping so that a reload applies at once.
+    health_check: watch::Sender<Duration>,
 }
 
 /// Runs the actor on `target` until the broker handle is dropped.
 pub(super) async fn run(target: Target, spawn: Spawn) {
     let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+    let health_check = watch::Sender::new(target.health_check);
     let actor = Actor {
         target,
         next: None,
@@ -66,6 +81,7 @@ pub(super) async fn run(target: Target, spawn: Spawn) {
         lost_rx,
         metrics: spawn.metrics,
         library: spawn.library,
+        health_check,
     };
     actor.run(spawn.inbox).await;
 }
@@ -119,6 +135,8 @@ impl Actor {
                         // would only deliver what arrives meanwhile twice.
                         Ok(target) if self.target.same_link(&target) => {
                             self.target.reconnect_max = target.reconnect_max;
+                            self.target.health_check = target.health_check;
+                            self.health_check.send_replace(target.health_check);
                         }
                         Ok(target) => {
                             tracing::info!(addr = target.addr, "redis settings changed; connecting to the new redis");
@@ -133,7 +151,7 @@ impl Actor {
                 },
                 Some(generation) = self.lost_rx.recv() => {
                     if self.link.as_ref().is_some_and(|l| l.generation == generation) {
-                        tracing::warn!(addr = self.target.addr, "redis connection lost; reconnecting");
+                        tracing::warn!(addr = self.target.addr, "redis connection lost or silent; reconnecting");
                         self.drop_link();
                         next_attempt = Instant::now();
                     }
@@ -159,13 +177,12 @@ impl Actor {
             "the connection attempt",
         )
         .await?;
-        let (mut sink, mut stream) = pubsub.split();
-        if !self.topics.is_empty() {
-            let channels: Vec<String> = self.topics.iter().map(|t| target.channel(t)).collect();
-            within(sink.subscribe(channels), addr, "SUBSCRIBE").await?;
-        }
+        let (sink, mut stream) = pubsub.split();
+        let channels: Vec<String> = self.topics.iter().map(|t| target.channel(t)).collect();
+        resubscribe(&sink, channels, addr).await?;
         if let Some(next) = self.next.take() {
             self.target = next;
+            self.health_check.send_replace(self.target.health_check);
         }
         // The old link goes before the new reader starts: messages that
         // arrive meanwhile wait in the new stream, and none is delivered twice.
@@ -190,10 +207,18 @@ impl Actor {
             }
             let _ = lost.send(generation);
         });
+        let health = tokio::spawn(probe(
+            sink.clone(),
+            self.health_check.subscribe(),
+            self.lost_tx.clone(),
+            generation,
+            self.target.addr.clone(),
+        ));
         self.link = Some(Link {
             sink,
             generation,
             reader,
+            health,
         });
         Ok(())
     }
@@ -263,4 +288,74 @@ impl Actor {
             Command::Reconfigure(_) => {}
         }
     }
+}
+
+/// Subscribes `channels` on a new link, in bursts of single-channel
+/// SUBSCRIBEs, and returns once Redis confirmed every one.
+///
+/// One request per channel, not one multi-channel SUBSCRIBE: Redis answers
+/// a SUBSCRIBE with one confirmation per channel, and the connection
+/// matches each confirmation to the oldest request waiting for one. The
+/// surplus confirmations of a multi-channel SUBSCRIBE would then answer
+/// later requests (a client's subscribe, a health-check PING) before Redis
+/// had seen them, and a subscribe could be confirmed while Redis did not
+/// yet hold its topic (`docs/PROTOCOL.md`: a confirmed subscribe receives
+/// every later publish).
+async fn resubscribe(
+    sink: &PubSubSink,
+    channels: Vec<String>,
+    addr: &str,
+) -> Result<(), BrokerError> {
+    for batch in channels.chunks(RESUBSCRIBE_BATCH) {
+        // Each request is written when first polled, in order; all of a
+        // burst go out before the first confirmation is awaited.
+        let confirmations = batch.iter().map(|channel| {
+            let mut sink = sink.clone();
+            async move { sink.subscribe(channel).await }
+        });
+        let confirmed = timeout(IO_TIMEOUT, join_all(confirmations))
+            .await
+            .map_err(|_| BrokerError::Timeout {
+                addr: addr.to_string(),
+                what: "SUBSCRIBE",
+            })?;
+        for result in confirmed {
+            result.map_err(|err| from_redis(&err, addr, "SUBSCRIBE"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The link's health check: a PING every `every`, which must be answered
+/// within `every` again. A link that stops answering without closing (a
+/// dead peer, a dropped NAT flow, a partition) is thus reported as lost
+/// within about twice the period, and the actor replaces it.
+async fn probe(
+    mut sink: PubSubSink,
+    every: watch::Receiver<Duration>,
+    lost: mpsc::UnboundedSender<u64>,
+    generation: u64,
+    addr: String,
+) {
+    loop {
+        let period = *every.borrow();
+        tokio::time::sleep(period).await;
+        let wait = *every.borrow();
+        match timeout(wait, sink.ping::<redis::Value>()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(addr, error = %err, "redis subscriber link failed its health check");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    addr,
+                    waited_ms = wait.as_millis() as u64,
+                    "redis subscriber link did not answer PING in time"
+                );
+                break;
+            }
+        }
+    }
+    let _ = lost.send(generation);
 }
