@@ -180,6 +180,9 @@ impl Actor {
         let (sink, mut stream) = pubsub.split();
         let channels: Vec<String> = self.topics.iter().map(|t| target.channel(t)).collect();
         resubscribe(&sink, channels, addr).await?;
+        // With no topic to resubscribe, nothing above has heard from Redis
+        // yet: a link that connects but never answers is not up.
+        within(sink.clone().ping::<redis::Value>(), addr, "PING").await?;
         if let Some(next) = self.next.take() {
             self.target = next;
             self.health_check.send_replace(self.target.health_check);
