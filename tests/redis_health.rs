@@ -2,13 +2,15 @@
 //! proxy, or a `redis-server` frozen with SIGSTOP) is noticed within about
 //! twice `redis.health_check_secs`, replaced and resubscribed; meanwhile
 //! `/readyz` is 503, subscribes answer `unavailable` and `POST /publish`
-//! answers 503 (docs/RELIABILITY.md).
+//! answers 503 (docs/RELIABILITY.md). The same for each master of a
+//! Redis Cluster.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use topicgate_test_support as common;
 
+use common::cluster::RedisCluster;
 use common::*;
 use serde_json::json;
 
@@ -125,4 +127,52 @@ async fn a_frozen_redis_is_noticed_and_its_topics_resubscribed_when_it_resumes()
 
     redis.signal("CONT");
     assert_recovered(gateway.addr, &redis, &mut held, EVENT_TIMEOUT).await;
+}
+
+#[tokio::test]
+async fn a_frozen_cluster_master_is_noticed_and_its_topics_resubscribed_when_it_resumes() {
+    let cluster = RedisCluster::start(3).await;
+    let config = cluster.gateway_config(&format!(
+        "[redis]\nhealth_check_secs = {}\n",
+        HEALTH_CHECK.as_secs()
+    ));
+    let gateway = start_gateway(config).await;
+    let topics = cluster.topic_per_shard("t-freeze");
+    // A topic nobody holds yet, on the master about to freeze.
+    let ranges = cluster.slot_ranges();
+    let fresh = RedisCluster::topic_where("t-fresh", "", |slot| {
+        ranges
+            .iter()
+            .any(|&(first, last, node)| node == 2 && (first..=last).contains(&slot))
+    });
+    let mut held = Client::connect(gateway.addr).await;
+    held.login("alice").await;
+    for topic in &topics {
+        held.subscribed(topic).await;
+    }
+
+    // Frozen, the master keeps its sockets open and answers nothing.
+    cluster.nodes[2].signal("STOP");
+    readyz_turns(gateway.addr, 503, detection()).await;
+    let mut late = Client::connect(gateway.addr).await;
+    late.login("bob").await;
+    // Topics on the other masters stay live; the frozen one's are not.
+    late.subscribed(&topics[0]).await;
+    let reply = late.subscribe(&topics[2]).await;
+    assert_eq!(reply["error"], "unavailable", "{reply}");
+    let reply = late.subscribe(&fresh).await;
+    assert_eq!(reply["error"], "unavailable", "{reply}");
+
+    cluster.nodes[2].signal("CONT");
+    cluster.wait_until_ok().await;
+    readyz_turns(gateway.addr, 200, EVENT_TIMEOUT).await;
+    eventually("one SSUBSCRIBE of the frozen shard's topic", || async {
+        cluster.shard_numsub(2, &topics[2]) == 1
+    })
+    .await;
+    assert_eq!(cluster.spublish(0, &topics[2], r#""back""#), 1);
+    assert_eq!(held.recv().await, message(&topics[2], json!("back")));
+    late.subscribed(&fresh).await;
+    assert_eq!(cluster.spublish(0, &fresh, r#""fresh""#), 1);
+    assert_eq!(late.recv().await, message(&fresh, json!("fresh")));
 }

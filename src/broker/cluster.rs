@@ -216,6 +216,8 @@ struct Target {
     seeds: Seeds,
     prefix: Arc<str>,
     reconnect_max: Duration,
+    /// Ping period of each master's link, and how long a ping may take.
+    health_check: Duration,
     /// Seed URLs and password as configured: equal means the same links.
     server: (Vec<String>, Option<String>),
 }
@@ -226,6 +228,7 @@ impl Target {
             seeds: Seeds::new(settings)?,
             prefix: settings.channel_prefix.as_str().into(),
             reconnect_max: settings.reconnect_max,
+            health_check: settings.health_check,
             server: (settings.nodes.clone(), settings.password.clone()),
         })
     }

@@ -14,7 +14,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 
 use super::Target;
-use crate::broker::engine::{Backoff, BrokerError, Command, IO_TIMEOUT, Spawn, from_redis, within};
+use crate::broker::engine::{
+    Backoff, BrokerError, Command, IO_TIMEOUT, Spawn, from_redis, until_silent, within,
+};
 use crate::broker::history::{self, Library, LoadError};
 use crate::broker::{Deliver, Delivery};
 use crate::metrics::Metrics;
@@ -329,36 +331,20 @@ async fn resubscribe(
     Ok(())
 }
 
-/// The link's health check: a PING every `every`, which must be answered
-/// within `every` again. A link that stops answering without closing (a
-/// dead peer, a dropped NAT flow, a partition) is thus reported as lost
-/// within about twice the period, and the actor replaces it.
+/// The link's health check (see `until_silent`): reports `generation` as
+/// lost once the link stops answering.
 async fn probe(
-    mut sink: PubSubSink,
+    sink: PubSubSink,
     every: watch::Receiver<Duration>,
     lost: mpsc::UnboundedSender<u64>,
     generation: u64,
     addr: String,
 ) {
-    loop {
-        let period = *every.borrow();
-        tokio::time::sleep(period).await;
-        let wait = *every.borrow();
-        match timeout(wait, sink.ping::<redis::Value>()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => {
-                tracing::warn!(addr, error = %err, "redis subscriber link failed its health check");
-                break;
-            }
-            Err(_) => {
-                tracing::warn!(
-                    addr,
-                    waited_ms = wait.as_millis() as u64,
-                    "redis subscriber link did not answer PING in time"
-                );
-                break;
-            }
-        }
-    }
+    let ping = || {
+        let mut sink = sink.clone();
+        async move { sink.ping::<redis::Value>().await.map(drop) }
+    };
+    let why = until_silent(ping, every, &addr).await;
+    tracing::warn!(addr, error = %why, "redis subscriber link failed its health check");
     let _ = lost.send(generation);
 }
