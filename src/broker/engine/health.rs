@@ -85,13 +85,24 @@ mod tests {
     async fn a_changed_period_applies_from_the_next_round() {
         let (period, every) = watch::channel(Duration::from_secs(5));
         let started = tokio::time::Instant::now();
+        let mut rounds = 0;
+        // The first ping is answered and shortens the period (a reload);
+        // the second is never answered.
         let ping = move || {
+            rounds += 1;
             period.send_replace(Duration::from_secs(1));
-            std::future::pending::<RedisResult<()>>()
+            let answered = rounds == 1;
+            async move {
+                if !answered {
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            }
         };
         let why = until_silent(ping, every, "a:1").await;
         assert!(matches!(why, BrokerError::Timeout { .. }), "{why:?}");
-        // The first wait used the old period, the ping's timeout the new.
-        assert_eq!(started.elapsed(), Duration::from_secs(6));
+        // 5 s before the first ping, then 1 s before the second and 1 s
+        // without its answer.
+        assert_eq!(started.elapsed(), Duration::from_secs(7));
     }
 }
