@@ -132,10 +132,7 @@ async fn a_frozen_redis_is_noticed_and_its_topics_resubscribed_when_it_resumes()
 #[tokio::test]
 async fn a_frozen_cluster_master_is_noticed_and_its_topics_resubscribed_when_it_resumes() {
     let cluster = RedisCluster::start(3).await;
-    let config = cluster.gateway_config(&format!(
-        "[redis]\nhealth_check_secs = {}\n",
-        HEALTH_CHECK.as_secs()
-    ));
+    let config = cluster.gateway_config(&extra());
     let gateway = start_gateway(config).await;
     let topics = cluster.topic_per_shard("t-freeze");
     // A topic nobody holds yet, on the master about to freeze.
@@ -162,6 +159,9 @@ async fn a_frozen_cluster_master_is_noticed_and_its_topics_resubscribed_when_it_
     assert_eq!(reply["error"], "unavailable", "{reply}");
     let reply = late.subscribe(&fresh).await;
     assert_eq!(reply["error"], "unavailable", "{reply}");
+    let body = json!({"topic": &topics[2], "data": "lost"}).to_string();
+    let (status, text) = post_publish(gateway.addr, Some(KEY), &body).await;
+    assert_eq!(status, 503, "{text}");
 
     cluster.nodes[2].signal("CONT");
     cluster.wait_until_ok().await;
@@ -173,6 +173,8 @@ async fn a_frozen_cluster_master_is_noticed_and_its_topics_resubscribed_when_it_
     assert_eq!(cluster.spublish(0, &topics[2], r#""back""#), 1);
     assert_eq!(held.recv().await, message(&topics[2], json!("back")));
     late.subscribed(&fresh).await;
-    assert_eq!(cluster.spublish(0, &fresh, r#""fresh""#), 1);
+    let body = json!({"topic": &fresh, "data": "fresh"}).to_string();
+    let (status, text) = post_publish(gateway.addr, Some(KEY), &body).await;
+    assert_eq!(status, 204, "{text}");
     assert_eq!(late.recv().await, message(&fresh, json!("fresh")));
 }
