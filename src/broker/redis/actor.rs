@@ -117,9 +117,10 @@ impl Actor {
                         backoff.reset();
                     }
                     Err(err) => {
-                        let max = self.next.as_ref().unwrap_or(&self.target).reconnect_max;
-                        let delay = backoff.delay(max);
+                        let target = self.next.as_ref().unwrap_or(&self.target);
+                        let delay = backoff.delay(target.reconnect_max);
                         tracing::warn!(
+                            addr = %target.addr,
                             error = %err,
                             hint = err.hint(),
                             retry_in_ms = delay.as_millis() as u64,
@@ -345,6 +346,6 @@ async fn probe(
         async move { sink.ping::<redis::Value>().await.map(drop) }
     };
     let why = until_silent(ping, every, &addr).await;
-    tracing::warn!(addr, error = %why, "redis subscriber link failed its health check");
+    tracing::warn!(addr = %addr, error = %why, "redis subscriber link failed its health check");
     let _ = lost.send(generation);
 }
