@@ -5,7 +5,8 @@
 //! topic, one channel per call, on its slot's owner. One actor
 //! (`actor`) owns the slot map (`slots`), those connections and where
 //! each live topic is subscribed. It reconciles them with the cluster when a
-//! connection drops, when a node pushes a SUNSUBSCRIBE nobody asked for (the
+//! connection drops or fails its health check (`redis.health_check_secs`,
+//! as on the single-Redis link), when a node pushes a SUNSUBSCRIBE nobody asked for (the
 //! slot moved away), when a SSUBSCRIBE is answered MOVED, and every 5 s in
 //! case a failover went unnoticed. Messages go from each connection's push
 //! handler straight to the hub, not through the actor. SPUBLISH goes

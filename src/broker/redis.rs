@@ -2,9 +2,11 @@
 //! connection (`actor`); PUBLISH goes through a deadpool pool, since a
 //! subscribed connection cannot publish.
 //!
-//! The actor remembers every channel it holds; when the connection drops
-//! it reconnects with capped, jittered exponential backoff and resubscribes
-//! all of them before it reports ready again.
+//! The actor remembers every channel it holds; when the connection drops,
+//! or stops answering its health check (`redis.health_check_secs`), it
+//! reconnects with capped, jittered exponential backoff and resubscribes
+//! all of them before it reports ready again. A pooled publishing
+//! connection that times out or breaks leaves the pool.
 
 mod actor;
 
