@@ -80,6 +80,9 @@ pub struct Redis {
     /// Topic T travels as Redis channel `prefix + T`.
     pub channel_prefix: String,
     pub reconnect_max: Duration,
+    /// How often each Redis link is pinged, and how long a ping may take
+    /// before the link counts as dead.
+    pub health_check: Duration,
     pub nodes: Vec<String>,
 }
 

@@ -5,7 +5,8 @@
 //! topic, one channel per call, on its slot's owner. One actor
 //! (`actor`) owns the slot map (`slots`), those connections and where
 //! each live topic is subscribed. It reconciles them with the cluster when a
-//! connection drops, when a node pushes a SUNSUBSCRIBE nobody asked for (the
+//! connection drops or fails its health check (`redis.health_check_secs`,
+//! as on the single-Redis link), when a node pushes a SUNSUBSCRIBE nobody asked for (the
 //! slot moved away), when a SSUBSCRIBE is answered MOVED, and every 5 s in
 //! case a failover went unnoticed. Messages go from each connection's push
 //! handler straight to the hub, not through the actor. SPUBLISH goes
@@ -216,6 +217,8 @@ struct Target {
     seeds: Seeds,
     prefix: Arc<str>,
     reconnect_max: Duration,
+    /// Ping period of each master's link, and how long a ping may take.
+    health_check: Duration,
     /// Seed URLs and password as configured: equal means the same links.
     server: (Vec<String>, Option<String>),
 }
@@ -226,6 +229,7 @@ impl Target {
             seeds: Seeds::new(settings)?,
             prefix: settings.channel_prefix.as_str().into(),
             reconnect_max: settings.reconnect_max,
+            health_check: settings.health_check,
             server: (settings.nodes.clone(), settings.password.clone()),
         })
     }

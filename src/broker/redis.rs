@@ -2,9 +2,11 @@
 //! connection (`actor`); PUBLISH goes through a deadpool pool, since a
 //! subscribed connection cannot publish.
 //!
-//! The actor remembers every channel it holds; when the connection drops
-//! it reconnects with capped, jittered exponential backoff and resubscribes
-//! all of them before it reports ready again.
+//! The actor remembers every channel it holds; when the connection drops,
+//! or stops answering its health check (`redis.health_check_secs`), it
+//! reconnects with capped, jittered exponential backoff and resubscribes
+//! all of them before it reports ready again. A pooled publishing
+//! connection that times out or breaks leaves the pool.
 
 mod actor;
 
@@ -73,6 +75,9 @@ impl Publish for Publisher {
                 .max_size(settings.pool_size)
                 .wait_timeout(Some(IO_TIMEOUT))
                 .create_timeout(Some(IO_TIMEOUT))
+                // A pooled connection is pinged before reuse; one that does
+                // not answer in time is replaced, not handed out.
+                .recycle_timeout(Some(IO_TIMEOUT))
                 .runtime(deadpool_redis::Runtime::Tokio1)
                 .build()
                 .map_err(|err| BrokerError::Settings(err.to_string()))
@@ -101,17 +106,9 @@ impl Publish for Publisher {
                 .await
                 .map_err(|err| from_pool(&err, &self.addr))?;
             let channel = format!("{}{topic}", self.prefix);
-            let recorded = self
-                .library
-                .record(&mut conn, &channel, &payload, &self.addr);
-            if let Call::Done(position) = recorded.await? {
-                return Ok(position);
-            }
-            let mut command = redis::cmd("PUBLISH");
-            command.arg(channel).arg(payload.as_ref());
-            let _receivers: i64 =
-                within(command.query_async(&mut conn), &self.addr, "PUBLISH").await?;
-            Ok(None)
+            let published = self.publish_on(&mut conn, &channel, &payload).await;
+            discard_if_broken(conn, &published);
+            published
         }
         .boxed()
     }
@@ -128,11 +125,42 @@ impl Publish for Publisher {
                 .await
                 .map_err(|err| from_pool(&err, &self.addr))?;
             let channel = format!("{}{topic}", self.prefix);
-            self.library
+            let range = self
+                .library
                 .read(&mut conn, &channel, since.as_ref(), &self.addr)
-                .await
+                .await;
+            discard_if_broken(conn, &range);
+            range
         }
         .boxed()
+    }
+}
+
+impl Publisher {
+    /// Records (FCALL) or publishes `payload` to `channel` on `conn`.
+    async fn publish_on(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+        channel: &str,
+        payload: &[u8],
+    ) -> Result<Option<Position>, BrokerError> {
+        let recorded = self.library.record(conn, channel, payload, &self.addr);
+        if let Call::Done(position) = recorded.await? {
+            return Ok(position);
+        }
+        let mut command = redis::cmd("PUBLISH");
+        command.arg(channel).arg(payload);
+        let _receivers: i64 = within(command.query_async(conn), &self.addr, "PUBLISH").await?;
+        Ok(None)
+    }
+}
+
+/// Takes `conn` out of the pool when `result` says it did not answer or
+/// broke: a silent connection must not serve the next publish (the pool
+/// opens a fresh one instead).
+fn discard_if_broken<T>(conn: deadpool_redis::Connection, result: &Result<T, BrokerError>) {
+    if result.as_ref().is_err_and(BrokerError::breaks_link) {
+        drop(deadpool_redis::Connection::take(conn));
     }
 }
 
@@ -143,6 +171,8 @@ struct Target {
     server: (String, Option<String>),
     prefix: Arc<str>,
     reconnect_max: std::time::Duration,
+    /// Ping period of the subscribing link, and how long a ping may take.
+    health_check: std::time::Duration,
     /// `host:port`, for errors and logs.
     addr: String,
 }
@@ -157,6 +187,7 @@ impl Target {
             server: (settings.url.clone(), settings.password.clone()),
             prefix: settings.channel_prefix.as_str().into(),
             reconnect_max: settings.reconnect_max,
+            health_check: settings.health_check,
             addr,
         })
     }

@@ -14,6 +14,9 @@ use crate::auth::Authenticator;
 /// Bounds of `server.header_timeout_secs`: a request head needs at least a
 /// second on a slow link, and an hour is already far beyond any client.
 const HEADER_TIMEOUT_SECS: std::ops::RangeInclusive<u64> = 1..=3600;
+/// Upper bound of `redis.health_check_secs`: a check rarer than an hour
+/// would not notice a dead link in any useful time.
+const MAX_HEALTH_CHECK_SECS: u64 = 3600;
 
 impl RawConfig {
     /// Parses TOML text with no environment overrides (tests, examples).
@@ -136,12 +139,20 @@ impl RawConfig {
             issues.push(Issue::new("redis.reconnect_max_secs", "must be at least 1"));
             ok = false;
         }
+        if !(1..=MAX_HEALTH_CHECK_SECS).contains(&r.health_check_secs) {
+            issues.push(Issue::new(
+                "redis.health_check_secs",
+                format!("must be between 1 and {MAX_HEALTH_CHECK_SECS}"),
+            ));
+            ok = false;
+        }
         ok.then(|| Redis {
             url: r.url.clone(),
             password: (!r.password.is_empty()).then(|| r.password.clone()),
             pool_size: r.pool_size,
             channel_prefix: r.channel_prefix.clone(),
             reconnect_max: Duration::from_secs(r.reconnect_max_secs),
+            health_check: Duration::from_secs(r.health_check_secs),
             nodes: r.nodes.clone(),
         })
     }

@@ -73,6 +73,7 @@ pub struct RawRedis {
     pub pool_size: usize,
     pub channel_prefix: String,
     pub reconnect_max_secs: u64,
+    pub health_check_secs: u64,
     pub nodes: Vec<String>,
 }
 
@@ -84,6 +85,7 @@ impl Default for RawRedis {
             pool_size: 8,
             channel_prefix: String::new(),
             reconnect_max_secs: 5,
+            health_check_secs: 5,
             nodes: Vec::new(),
         }
     }

@@ -109,6 +109,7 @@ fn defaults_equal_spec() {
     assert_eq!(config.redis.pool_size, 8);
     assert_eq!(config.redis.channel_prefix, "");
     assert_eq!(config.redis.reconnect_max, Duration::from_secs(5));
+    assert_eq!(config.redis.health_check, Duration::from_secs(5));
     assert!(config.redis.nodes.is_empty());
 
     assert_eq!(config.limits.max_message_bytes, 65536);
@@ -422,6 +423,7 @@ kind = "kafka"
 [redis]
 pool_size = 0
 reconnect_max_secs = 0
+health_check_secs = 0
 
 [limits]
 max_message_bytes = 0
@@ -443,6 +445,7 @@ default = "maybe"
         "broker.kind",
         "redis.pool_size",
         "redis.reconnect_max_secs",
+        "redis.health_check_secs",
         "limits.max_message_bytes",
         "limits.max_subscriptions",
         "limits.send_queue",

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 
 use super::slots::{SlotMap, key_slot};
@@ -23,12 +24,14 @@ mod topics;
 
 use topics::Topics;
 
-/// How often a healthy replica re-reads the slot map and pings each master.
+/// How often a healthy replica re-reads the slot map. Each master's link is
+/// also pinged every `redis.health_check_secs` on its own (`Link::health`).
 const TOPOLOGY_CHECK: Duration = Duration::from_secs(5);
 
 /// Starts the actor on `target`; it connects at once and keeps retrying.
 pub(super) fn spawn(target: Target, spawn: Spawn) {
     let (events_tx, events) = mpsc::unbounded_channel();
+    let target_health = target.health_check;
     let actor = Actor {
         target,
         deliver: spawn.deliver,
@@ -44,6 +47,7 @@ pub(super) fn spawn(target: Target, spawn: Spawn) {
         events_tx,
         metrics: spawn.metrics,
         library: spawn.library,
+        health_check: watch::Sender::new(target_health),
     };
     tokio::spawn(actor.run(spawn.inbox, events));
 }
@@ -56,11 +60,20 @@ struct Link {
     /// Whether the history library was loaded on this master: `None` when
     /// the load went unanswered.
     library: Option<bool>,
+    /// Pings the master (`until_silent`) and reports the link lost when it
+    /// stops answering; aborted with the link.
+    health: JoinHandle<()>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.health.abort();
+    }
 }
 
 /// What a link's push handler reports to the actor.
 enum Event {
-    /// The connection to this node ended.
+    /// The connection to this node ended, or stopped answering.
     Lost(Node, u64),
     /// The node says a channel is no longer subscribed: our own
     /// SUNSUBSCRIBE, or the slot moved away.
@@ -84,6 +97,9 @@ struct Actor {
     /// Loaded on each new master link (a new master after a failover or a
     /// slot move may lack it); available while every master has it.
     library: Arc<Library>,
+    /// `redis.health_check_secs`, read by every link's health check at each
+    /// ping so that a reload applies at once.
+    health_check: watch::Sender<Duration>,
 }
 
 impl Actor {
@@ -154,10 +170,13 @@ impl Actor {
                 if target.server == self.target.server && target.prefix == self.target.prefix =>
             {
                 self.target.reconnect_max = target.reconnect_max;
+                self.target.health_check = target.health_check;
+                self.health_check.send_replace(target.health_check);
                 false
             }
             Ok(target) => {
                 tracing::info!("redis cluster settings changed; reconnecting and resubscribing");
+                self.health_check.send_replace(target.health_check);
                 self.target = target;
                 self.links.clear();
                 self.leaving.clear();

@@ -111,6 +111,7 @@ fn node_connections_keep_the_seeds_credentials_and_tls() {
         pool_size: 1,
         channel_prefix: String::new(),
         reconnect_max: Duration::from_secs(1),
+        health_check: Duration::from_secs(5),
         nodes: nodes.iter().map(|n| n.to_string()).collect(),
     };
     let seeds = Seeds::new(&settings(&["rediss://user:pw@seed.example:7000"], None)).unwrap();
@@ -143,6 +144,7 @@ async fn publishing_to_unreachable_seeds_names_them() {
         pool_size: 1,
         channel_prefix: String::new(),
         reconnect_max: Duration::from_secs(1),
+        health_check: Duration::from_secs(5),
         nodes: vec![format!("redis://127.0.0.1:{port}")],
     };
     let library = Arc::new(Library::new(HistorySettings::default(), true));

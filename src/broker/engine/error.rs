@@ -59,6 +59,12 @@ impl BrokerError {
         }
     }
 
+    /// Whether the connection that met this error is suspect (it did not
+    /// answer, or it broke) and must not be used again.
+    pub(crate) fn breaks_link(&self) -> bool {
+        matches!(self, Self::Timeout { .. } | Self::NotConnected { .. })
+    }
+
     /// A hint for the operator, logged next to the error.
     pub(crate) fn hint(&self) -> Option<&'static str> {
         match self {

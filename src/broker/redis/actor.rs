@@ -4,17 +4,26 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use futures_util::StreamExt;
+use futures_util::future::join_all;
 use redis::aio::PubSubSink;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
+use tokio::time::{Instant, timeout};
 
 use super::Target;
-use crate::broker::engine::{Backoff, BrokerError, Command, Spawn, within};
+use crate::broker::engine::{
+    Backoff, BrokerError, Command, IO_TIMEOUT, Spawn, from_redis, until_silent, within,
+};
 use crate::broker::history::{self, Library, LoadError};
 use crate::broker::{Deliver, Delivery};
 use crate::metrics::Metrics;
+
+/// Channels per SUBSCRIBE burst when a new link resubscribes every held
+/// topic: each burst is one write and is confirmed within the I/O timeout.
+const RESUBSCRIBE_BATCH: usize = 1000;
 
 /// The live subscribing connection.
 struct Link {
@@ -23,11 +32,14 @@ struct Link {
     generation: u64,
     /// Reads the message stream; aborted when the link is dropped.
     reader: JoinHandle<()>,
+    /// Pings the connection (`probe`); aborted when the link is dropped.
+    health: JoinHandle<()>,
 }
 
 impl Drop for Link {
     fn drop(&mut self) {
         self.reader.abort();
+        self.health.abort();
     }
 }
 
@@ -42,18 +54,23 @@ struct Actor {
     link: Option<Link>,
     ready: watch::Sender<bool>,
     generation: u64,
-    /// Readers report the generation whose stream ended.
+    /// Readers report the generation whose stream ended, and health
+    /// checks the generation that stopped answering.
     lost_tx: mpsc::UnboundedSender<u64>,
     lost_rx: mpsc::UnboundedReceiver<u64>,
     /// Counts reconnects (`topicgate_redis_reconnects_total`).
     metrics: Arc<Metrics>,
     /// Loaded on every new link: a restarted Redis may have lost it.
     library: Arc<Library>,
+    /// `redis.health_check_secs`, read by the live link's health check at
+    /// each ping so that a reload applies at once.
+    health_check: watch::Sender<Duration>,
 }
 
 /// Runs the actor on `target` until the broker handle is dropped.
 pub(super) async fn run(target: Target, spawn: Spawn) {
     let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+    let health_check = watch::Sender::new(target.health_check);
     let actor = Actor {
         target,
         next: None,
@@ -66,6 +83,7 @@ pub(super) async fn run(target: Target, spawn: Spawn) {
         lost_rx,
         metrics: spawn.metrics,
         library: spawn.library,
+        health_check,
     };
     actor.run(spawn.inbox).await;
 }
@@ -120,6 +138,8 @@ impl Actor {
                         // would only deliver what arrives meanwhile twice.
                         Ok(target) if self.target.same_link(&target) => {
                             self.target.reconnect_max = target.reconnect_max;
+                            self.target.health_check = target.health_check;
+                            self.health_check.send_replace(target.health_check);
                         }
                         Ok(target) => {
                             tracing::info!(addr = target.addr, "redis settings changed; connecting to the new redis");
@@ -134,7 +154,7 @@ impl Actor {
                 },
                 Some(generation) = self.lost_rx.recv() => {
                     if self.link.as_ref().is_some_and(|l| l.generation == generation) {
-                        tracing::warn!(addr = self.target.addr, "redis connection lost; reconnecting");
+                        tracing::warn!(addr = self.target.addr, "redis connection lost or silent; reconnecting");
                         self.drop_link();
                         next_attempt = Instant::now();
                     }
@@ -160,13 +180,15 @@ impl Actor {
             "the connection attempt",
         )
         .await?;
-        let (mut sink, mut stream) = pubsub.split();
-        if !self.topics.is_empty() {
-            let channels: Vec<String> = self.topics.iter().map(|t| target.channel(t)).collect();
-            within(sink.subscribe(channels), addr, "SUBSCRIBE").await?;
-        }
+        let (sink, mut stream) = pubsub.split();
+        let channels: Vec<String> = self.topics.iter().map(|t| target.channel(t)).collect();
+        resubscribe(&sink, channels, addr).await?;
+        // With no topic to resubscribe, nothing above has heard from Redis
+        // yet: a link that connects but never answers is not up.
+        within(sink.clone().ping::<redis::Value>(), addr, "PING").await?;
         if let Some(next) = self.next.take() {
             self.target = next;
+            self.health_check.send_replace(self.target.health_check);
         }
         // The old link goes before the new reader starts: messages that
         // arrive meanwhile wait in the new stream, and none is delivered twice.
@@ -191,10 +213,18 @@ impl Actor {
             }
             let _ = lost.send(generation);
         });
+        let health = tokio::spawn(probe(
+            sink.clone(),
+            self.health_check.subscribe(),
+            self.lost_tx.clone(),
+            generation,
+            self.target.addr.clone(),
+        ));
         self.link = Some(Link {
             sink,
             generation,
             reader,
+            health,
         });
         Ok(())
     }
@@ -264,4 +294,58 @@ impl Actor {
             Command::Reconfigure(_) => {}
         }
     }
+}
+
+/// Subscribes `channels` on a new link, in bursts of single-channel
+/// SUBSCRIBEs, and returns once Redis confirmed every one.
+///
+/// One request per channel, not one multi-channel SUBSCRIBE: Redis answers
+/// a SUBSCRIBE with one confirmation per channel, and the connection
+/// matches each confirmation to the oldest request waiting for one. The
+/// surplus confirmations of a multi-channel SUBSCRIBE would then answer
+/// later requests (a client's subscribe, a health-check PING) before Redis
+/// had seen them, and a subscribe could be confirmed while Redis did not
+/// yet hold its topic (`docs/PROTOCOL.md`: a confirmed subscribe receives
+/// every later publish).
+async fn resubscribe(
+    sink: &PubSubSink,
+    channels: Vec<String>,
+    addr: &str,
+) -> Result<(), BrokerError> {
+    for batch in channels.chunks(RESUBSCRIBE_BATCH) {
+        // Each request is written when first polled, in order; all of a
+        // burst go out before the first confirmation is awaited.
+        let confirmations = batch.iter().map(|channel| {
+            let mut sink = sink.clone();
+            async move { sink.subscribe(channel).await }
+        });
+        let confirmed = timeout(IO_TIMEOUT, join_all(confirmations))
+            .await
+            .map_err(|_| BrokerError::Timeout {
+                addr: addr.to_string(),
+                what: "SUBSCRIBE",
+            })?;
+        for result in confirmed {
+            result.map_err(|err| from_redis(&err, addr, "SUBSCRIBE"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The link's health check (see `until_silent`): reports `generation` as
+/// lost once the link stops answering.
+async fn probe(
+    sink: PubSubSink,
+    every: watch::Receiver<Duration>,
+    lost: mpsc::UnboundedSender<u64>,
+    generation: u64,
+    addr: String,
+) {
+    let ping = || {
+        let mut sink = sink.clone();
+        async move { sink.ping::<redis::Value>().await.map(drop) }
+    };
+    let why = until_silent(ping, every, &addr).await;
+    tracing::warn!(addr = %addr, error = %why, "redis subscriber link failed its health check");
+    let _ = lost.send(generation);
 }

@@ -71,6 +71,7 @@ fn settings(port: u16, password: Option<&str>) -> Redis {
         pool_size: 2,
         channel_prefix: String::new(),
         reconnect_max: Duration::from_secs(1),
+        health_check: Duration::from_secs(5),
         nodes: Vec::new(),
     }
 }

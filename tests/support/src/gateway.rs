@@ -41,6 +41,15 @@ pub fn base_config(redis: Option<&RedisServer>, extra: &str) -> Config {
     compile(with_test_acl(raw))
 }
 
+/// Like [`base_config`], on the Redis at `url` (e.g. through a
+/// [`TcpProxy`](crate::TcpProxy)).
+pub fn redis_url_config(url: &str, extra: &str) -> Config {
+    let mut raw = RawConfig::from_toml(extra).expect("test config parses");
+    raw.broker.kind = "redis".into();
+    raw.redis.url = url.to_string();
+    compile(with_test_acl(raw))
+}
+
 /// Topics starting with `t` or `chat-` allowed, unless `raw` has rules.
 pub fn with_test_acl(mut raw: RawConfig) -> RawConfig {
     if raw.acl.rules.is_empty() {

@@ -8,6 +8,7 @@
 //! - `ws_client`: a WebSocket client speaking the gateway's protocol
 //!   (`docs/PROTOCOL.md`);
 //! - `http`: plain HTTP/1.1 requests and hand-made upgrades;
+//! - `proxy`: a TCP proxy that can stop forwarding without closing;
 //! - `tls`: a test CA and certificates, and a TLS-only Redis;
 //! - `files`: fixtures and temporary files removed when the test ends;
 //! - `wait`: the event timeout and polling for state no event announces.
@@ -19,6 +20,7 @@ pub mod cluster;
 mod files;
 mod gateway;
 mod http;
+mod proxy;
 mod redis_server;
 mod tls;
 mod wait;
@@ -27,6 +29,7 @@ mod ws_client;
 pub use files::*;
 pub use gateway::*;
 pub use http::*;
+pub use proxy::*;
 pub use redis_server::*;
 pub use tls::*;
 pub use wait::*;

@@ -81,6 +81,11 @@ impl RedisServer {
 
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A stopped server would ignore a later signal but this one;
+            // resume it so that it also exits cleanly.
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -90,6 +95,17 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// Sends a signal (`"STOP"`, `"CONT"`, …) with `kill`. `STOP` freezes
+    /// the server without closing a socket: a dead peer, as a client sees it.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{name} {pid}");
     }
 
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {

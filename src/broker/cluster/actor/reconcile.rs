@@ -1,16 +1,19 @@
 //! Reconciling with the cluster: health of the links, the slot map, a link
 //! to every master, and every held topic on its slot's owner.
 
+use std::time::Duration;
+
 use futures_util::future::join_all;
 use futures_util::stream::{self, StreamExt};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ConnectionAddr, PushInfo, PushKind, Value};
+use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 
 use super::{Actor, Event, Link, Node, SubscribeError, ssubscribe, topic_of};
 use crate::broker::Delivery;
 use crate::broker::cluster::slots::{SlotMap, key_slot};
-use crate::broker::engine::{BrokerError, IO_TIMEOUT, addr_of, from_redis, within};
+use crate::broker::engine::{BrokerError, IO_TIMEOUT, addr_of, from_redis, until_silent, within};
 use crate::broker::history::{self, LoadError};
 
 /// SSUBSCRIBEs in flight at once while resubscribing many topics.
@@ -241,12 +244,38 @@ impl Actor {
                 None
             }
         };
+        let health = tokio::spawn(probe(
+            connection.clone(),
+            self.health_check.subscribe(),
+            self.events_tx.clone(),
+            node.clone(),
+            generation,
+        ));
         Ok(Link {
             connection,
             generation,
             library,
+            health,
         })
     }
+}
+
+/// The health check of `node`'s link (see `until_silent`): reports it lost
+/// once it stops answering, so that the actor replaces it.
+async fn probe(
+    connection: MultiplexedConnection,
+    every: watch::Receiver<Duration>,
+    events: mpsc::UnboundedSender<Event>,
+    node: Node,
+    generation: u64,
+) {
+    let ping = || {
+        let mut connection = connection.clone();
+        async move { redis::cmd("PING").exec_async(&mut connection).await }
+    };
+    let why = until_silent(ping, every, &node).await;
+    tracing::warn!(node = %node, error = %why, "redis cluster link failed its health check");
+    let _ = events.send(Event::Lost(node, generation));
 }
 
 async fn cluster_slots(
