@@ -86,6 +86,8 @@ pub struct Limits {
     pub max_message_bytes: usize,
     pub max_subscriptions: usize,
     pub send_queue: usize,
+    /// Bytes of frames buffered per client before slow_consumer.
+    pub send_queue_bytes: usize,
     pub max_connections: usize,
     pub requests_per_sec: u32,
     pub request_burst: u32,

@@ -10,7 +10,7 @@ use jsonwebtoken::crypto::CryptoProvider;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 
 use super::{Authenticator, KeyedValidation, Mode, RawAuth, RawJwt, SUPPORTED, alg_name};
-use crate::issues::Issue;
+use crate::issues::{Issue, check_secs};
 
 impl Authenticator {
     /// Validates `[auth]` and loads its key files (relative to `base_dir`).
@@ -27,10 +27,21 @@ impl Authenticator {
                 Mode::Jwt
             }
         };
-        if raw.timeout_secs == 0 {
-            issues.push(Issue::new("auth.timeout_secs", "must be at least 1"));
-        }
+        check_secs(
+            &mut issues,
+            "auth.timeout_secs",
+            raw.timeout_secs,
+            1,
+            86_400,
+        );
         let jwt = &raw.jwt;
+        check_secs(
+            &mut issues,
+            "auth.jwt.leeway_secs",
+            jwt.leeway_secs,
+            0,
+            3600,
+        );
         let algorithms = parse_algorithms(&jwt.algorithms, &mut issues);
         let mut asymmetric: Vec<AlgorithmFamily> = Vec::new();
         for family in algorithms.iter().map(|a| a.family()) {

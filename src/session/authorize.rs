@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::Session;
+use super::{Session, deadline_after};
 use crate::acl::Policy;
 use crate::auth::{self, Identity, Mode};
-use crate::protocol::{ErrorCode, Request};
+use crate::protocol::{Disconnect, ErrorCode, Request};
 
 /// Where the session stands with authorization.
 pub(super) enum Auth {
@@ -37,14 +37,20 @@ impl Session {
             Err(err) => {
                 tracing::info!(session = %self.id, reason = %err, "authorization refused");
                 self.metrics.auth_failure("invalid_token");
+                if self.requests.refuse_authorization() {
+                    tracing::info!(session = %self.id, "too many refused authorizations");
+                    self.client.close(Disconnect::AuthFailures);
+                    return;
+                }
                 self.fail(request, ErrorCode::InvalidToken, &err.to_string());
                 return;
             }
         };
         let policy = self.config.acl.bind(&identity);
-        let expires = identity.expires_at.map(|exp| {
+        // An `exp` too far away for a timer never expires.
+        let expires = identity.expires_at.and_then(|exp| {
             let left = exp.saturating_sub(auth::now());
-            Instant::now() + Duration::from_secs(left)
+            deadline_after(Instant::now(), Duration::from_secs(left))
         });
         tracing::info!(session = %self.id, sub = identity.subject().unwrap_or("-"), "session authenticated");
         if matches!(self.auth, Auth::None { .. }) {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::Session;
 use super::authorize::Auth;
+use super::{Session, deadline_after};
 use crate::auth::{Identity, Mode};
 use crate::config::Config;
 use crate::protocol;
@@ -16,8 +16,9 @@ impl Session {
     /// The token's `exp` passed: drop every subscription.
     pub(super) fn expire(&mut self) {
         tracing::info!(session = %self.id, "token expired");
-        let deadline =
-            (self.config.auth.mode == Mode::Jwt).then(|| Instant::now() + self.config.auth.timeout);
+        let deadline = (self.config.auth.mode == Mode::Jwt)
+            .then(|| deadline_after(Instant::now(), self.config.auth.timeout))
+            .flatten();
         self.auth = Auth::None { deadline };
         self.metrics.sessions_authenticated.dec();
         let topics: Vec<String> = self.topics.iter().cloned().collect();
