@@ -97,8 +97,38 @@ pub enum AuthError {
     BadClaim(&'static str),
 }
 
+/// Which configured key verified a token: a hash of the key material and
+/// the rules checked with it (algorithms, issuer, audience), never the key
+/// itself. A session keeps it, so a reload that drops or changes that key
+/// makes the session re-authorize (docs/PROTOCOL.md, "Token lifetime").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId(std::num::NonZeroU64);
+
+impl KeyId {
+    /// Fingerprints `material` with the rules of `validation`.
+    fn of(material: &[u8], validation: &Validation) -> Self {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut hasher = DefaultHasher::new();
+        material.hash(&mut hasher);
+        for alg in &validation.algorithms {
+            alg_name(*alg).hash(&mut hasher);
+        }
+        let mut issuers: Vec<&String> = validation.iss.iter().flatten().collect();
+        issuers.sort();
+        issuers.hash(&mut hasher);
+        let mut audiences: Vec<&String> = validation.aud.iter().flatten().collect();
+        audiences.sort();
+        audiences.hash(&mut hasher);
+        // Non-zero, so that `Option<KeyId>` costs a session no more than
+        // the id itself.
+        Self(std::num::NonZeroU64::new(hasher.finish()).unwrap_or(std::num::NonZeroU64::MIN))
+    }
+}
+
 /// One verification key with the validation rules that go with it.
 struct KeyedValidation {
+    /// Fingerprint of the key and its rules.
+    id: KeyId,
     /// Parsed once at compile; verifying never touches the file again.
     key: DecodingKey,
     /// This key's family only, so a token can never pick another family's key.
@@ -142,6 +172,19 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// Checks `token` at time `now` (seconds since the epoch).
     pub fn verify(&self, token: &str, now: u64) -> Result<Identity, AuthError> {
+        self.verify_keyed(token, now).map(|(identity, _)| identity)
+    }
+
+    /// Whether the key `id` names is configured, with the same rules.
+    pub fn has_key(&self, id: KeyId) -> bool {
+        [&self.hmac, &self.public]
+            .into_iter()
+            .flatten()
+            .any(|keyed| keyed.id == id)
+    }
+
+    /// [`verify`](Self::verify), with the key that verified the token.
+    fn verify_keyed(&self, token: &str, now: u64) -> Result<(Identity, KeyId), AuthError> {
         let alg = header_alg(token)?;
         let keyed = if !self.algorithms.contains(&alg) {
             None
@@ -206,24 +249,40 @@ impl Authenticator {
                 return Err(AuthError::NotYetValid);
             }
         }
-        Ok(Identity {
+        let identity = Identity {
             expires_at: expires_at.map(|exp| exp.saturating_add(self.leeway)),
             claims,
-        })
+        };
+        Ok((identity, keyed.id))
     }
 
     /// Authorization as the session sees it: in bypass mode any string
     /// succeeds, and a well-formed token's claims are still used for the ACL
     /// whether or not they verify (docs/CONFIG.md, `auth.mode`).
     pub fn authorize(&self, token: &str, now: u64) -> Result<Identity, AuthError> {
-        match self.mode {
-            Mode::Jwt => self.verify(token, now),
-            Mode::Bypass => Ok(self.verify(token, now).unwrap_or_else(|_| Identity {
-                claims: unverified_parts(token)
-                    .map(|(_, claims)| claims)
-                    .unwrap_or_default(),
-                expires_at: None,
-            })),
+        self.authorize_keyed(token, now)
+            .map(|(identity, _)| identity)
+    }
+
+    /// [`authorize`](Self::authorize), with the key that verified the token;
+    /// `None` for a bypass-mode token that did not verify.
+    pub fn authorize_keyed(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<(Identity, Option<KeyId>), AuthError> {
+        match (self.mode, self.verify_keyed(token, now)) {
+            (_, Ok((identity, key))) => Ok((identity, Some(key))),
+            (Mode::Jwt, Err(err)) => Err(err),
+            (Mode::Bypass, Err(_)) => {
+                let identity = Identity {
+                    claims: unverified_parts(token)
+                        .map(|(_, claims)| claims)
+                        .unwrap_or_default(),
+                    expires_at: None,
+                };
+                Ok((identity, None))
+            }
         }
     }
 

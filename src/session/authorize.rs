@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::{Session, deadline_after};
 use crate::acl::Policy;
-use crate::auth::{self, Identity, Mode};
+use crate::auth::{self, Identity, KeyId, Mode};
 use crate::protocol::{Disconnect, ErrorCode, Request};
 
 /// Where the session stands with authorization.
@@ -27,13 +27,21 @@ pub(super) enum Auth {
         policy: Policy,
         /// When the token stops being valid (includes leeway).
         expires: Option<Instant>,
+        /// The key that verified the token; `None` for a bypass-mode token
+        /// that did not verify. A reload that no longer configures it
+        /// (or switches to jwt when `None`) ends the authorization.
+        key: Option<KeyId>,
     },
 }
 
 impl Session {
     pub(super) fn authorize(&mut self, request: &Request) {
-        let identity = match self.config.auth.authorize(&request.context, auth::now()) {
-            Ok(identity) => identity,
+        let (identity, key) = match self
+            .config
+            .auth
+            .authorize_keyed(&request.context, auth::now())
+        {
+            Ok(verified) => verified,
             Err(err) => {
                 tracing::info!(session = %self.id, reason = %err, "authorization refused");
                 self.metrics.auth_failure("invalid_token");
@@ -62,6 +70,7 @@ impl Session {
                 .into(),
             policy,
             expires,
+            key,
         };
         // A refresh keeps what the new token allows and revokes the rest.
         self.revoke_disallowed("no longer allowed by the new token");
@@ -77,7 +86,7 @@ impl Session {
                 let acl = &self.config.acl;
                 Some(
                     self.anonymous
-                        .get_or_insert_with(|| acl.bind(&Identity::anonymous())),
+                        .get_or_insert_with(|| Box::new(acl.bind(&Identity::anonymous()))),
                 )
             }
             Auth::None { .. } => None,

@@ -82,8 +82,10 @@ struct Session {
     config: Arc<Config>,
     /// Authorized or not, and until when.
     auth: Auth,
-    /// ACL for requests without authorization in bypass mode.
-    anonymous: Option<Policy>,
+    /// ACL for requests without authorization in bypass mode. Boxed: only
+    /// bypass mode (development) uses it, and every session carries the
+    /// field.
+    anonymous: Option<Box<Policy>>,
     /// Topics this session holds at the hub.
     topics: HashSet<String>,
     /// `limits.requests_per_sec` / `request_burst` for this connection,

@@ -4,6 +4,7 @@
 
 mod hardening;
 mod harness;
+mod rotation;
 
 use std::time::Duration;
 
