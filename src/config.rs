@@ -115,6 +115,14 @@ pub struct Config {
     pub loaded_at: u64,
 }
 
+impl Config {
+    /// Valid but risky settings, each with its key: logged at start and on
+    /// every reload, printed by `topicgate check`.
+    pub fn warnings(&self) -> &[Issue] {
+        self.acl.warnings()
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         let mut raw = RawConfig::default();

@@ -109,6 +109,9 @@ impl Reloader {
         let outcome = match load(&self.path, self.env.clone()) {
             Ok(config) => {
                 self.warn_restart_only(&config);
+                for warning in config.warnings() {
+                    tracing::warn!(key = %warning.key, "{}", warning.reason);
+                }
                 if config.auth.mode == crate::auth::Mode::Bypass {
                     tracing::warn!(
                         "auth.mode = \"bypass\": any client may authorize; never use this in production"
