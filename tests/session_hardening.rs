@@ -190,3 +190,46 @@ fn an_empty_config_file_at_start_exits_2() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("is empty"), "{stderr}");
 }
+
+#[tokio::test]
+async fn forty_binary_frames_at_a_burst_of_five_are_limit_exceeded_past_the_fifth() {
+    use tokio_tungstenite::tungstenite::Message;
+    let gateway = start_gateway(base_config(
+        None,
+        "[limits]\nrequests_per_sec = 1\nrequest_burst = 5\n",
+    ))
+    .await;
+    let mut c = Client::connect(gateway.addr).await;
+    for _ in 0..40 {
+        c.send_message(Message::binary(vec![1u8, 2, 3])).await;
+    }
+    let mut limited = 0;
+    for _ in 0..40 {
+        let reply = c.recv().await;
+        assert_eq!(reply["action"], "error", "{reply}");
+        if reply["error"] == "limit_exceeded" {
+            limited += 1;
+        } else {
+            assert_eq!(reply["error"], "bad_request", "{reply}");
+        }
+    }
+    // Five tokens, and at most a few more earned while the frames arrive.
+    assert!(limited >= 30, "{limited} of 40 limited");
+}
+
+#[tokio::test]
+async fn a_64_kib_id_is_refused_without_being_echoed() {
+    // Frames of up to 128 KiB, so that the id, not the frame, is too long.
+    let gateway = start_gateway(base_config(None, "[limits]\nmax_message_bytes = 131072\n")).await;
+    let mut c = Client::connect(gateway.addr).await;
+    let id = "i".repeat(64 * 1024);
+    let session = c.session.clone();
+    c.send_json(&json!({"action":"subscribe","session":session,"context":"chat-a","id":id}))
+        .await;
+    let reply = c.recv().await;
+    assert_eq!(
+        reply,
+        json!({"action":"error","message":"bad request","error":"bad_request",
+               "detail":"id is longer than 128 bytes"})
+    );
+}
