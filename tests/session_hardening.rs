@@ -233,3 +233,48 @@ async fn a_64_kib_id_is_refused_without_being_echoed() {
                "detail":"id is longer than 128 bytes"})
     );
 }
+
+#[tokio::test]
+async fn a_symlink_swap_of_the_mounted_secret_expires_sessions_of_the_old_key() {
+    // A Kubernetes Secret volume: keys/jwt.secret -> ..data/jwt.secret,
+    // ..data -> ..v1; an update swaps ..data.
+    let tmp = temp_dir("key-symlink");
+    let port = free_port();
+    let keys = tmp.path().join("keys");
+    let version = |name: &str, secret: &str| {
+        std::fs::create_dir_all(keys.join(name)).unwrap();
+        std::fs::write(keys.join(name).join("jwt.secret"), secret).unwrap();
+    };
+    version("..v1", "the-mounted-secret");
+    std::os::unix::fs::symlink("..v1", keys.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/jwt.secret", keys.join("jwt.secret")).unwrap();
+    let path = tmp.path().join("config.toml");
+    std::fs::write(
+        &path,
+        config_text(port, "secret_file = \"keys/jwt.secret\""),
+    )
+    .unwrap();
+    let mut gateway = spawn(&path, &[]).await;
+    gateway.drain_log();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    let mut c = Client::connect(addr).await;
+    let old = signed(
+        json!({"sub": "alice", "exp": unix_now() + 3600}),
+        "the-mounted-secret",
+    );
+    assert_eq!(c.authorize(&old).await["message"], "session authenticated");
+    c.subscribed("chat-room").await;
+
+    version("..v2", "the-rotated-secret");
+    std::os::unix::fs::symlink("..v2", keys.join("..data_tmp")).unwrap();
+    std::fs::rename(keys.join("..data_tmp"), keys.join("..data")).unwrap();
+
+    assert_eq!(c.recv().await["detail"], "token key no longer configured");
+    assert_eq!(c.recv().await["message"], "session expired");
+    let new = signed(
+        json!({"sub": "alice", "exp": unix_now() + 3600}),
+        "the-rotated-secret",
+    );
+    assert_eq!(c.authorize(&new).await["message"], "session authenticated");
+}
