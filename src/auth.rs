@@ -17,9 +17,11 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
 
+mod key_id;
 mod keys;
 mod raw;
 
+pub use key_id::KeyId;
 pub use raw::{RawAuth, RawJwt};
 
 /// The algorithms `auth.jwt.algorithms` offers (docs/CONFIG.md).
@@ -95,34 +97,6 @@ pub enum AuthError {
     MissingAudience,
     #[error("claim {0} has an invalid format")]
     BadClaim(&'static str),
-}
-
-/// Which configured key verified a token: a hash of the key material and
-/// the rules checked with it (algorithms, issuer, audience), never the key
-/// itself. A session keeps it, so a reload that drops or changes that key
-/// makes the session re-authorize (docs/PROTOCOL.md, "Token lifetime").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct KeyId(std::num::NonZeroU64);
-
-impl KeyId {
-    /// Fingerprints `material` with the rules of `validation`.
-    fn of(material: &[u8], validation: &Validation) -> Self {
-        use std::hash::{DefaultHasher, Hash, Hasher};
-        let mut hasher = DefaultHasher::new();
-        material.hash(&mut hasher);
-        for alg in &validation.algorithms {
-            alg_name(*alg).hash(&mut hasher);
-        }
-        let mut issuers: Vec<&String> = validation.iss.iter().flatten().collect();
-        issuers.sort();
-        issuers.hash(&mut hasher);
-        let mut audiences: Vec<&String> = validation.aud.iter().flatten().collect();
-        audiences.sort();
-        audiences.hash(&mut hasher);
-        // Non-zero, so that `Option<KeyId>` costs a session no more than
-        // the id itself.
-        Self(std::num::NonZeroU64::new(hasher.finish()).unwrap_or(std::num::NonZeroU64::MIN))
-    }
 }
 
 /// One verification key with the validation rules that go with it.
