@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the per-request and per-message hot paths:
 //! request decode, ACL compile/bind/check over 100 rules, delivery frame
-//! encode, and the hub's fan-out of one message to 10k subscribers.
+//! encode, the hub's fan-out of one message to 10k subscribers, and token
+//! verification per algorithm family (what one `authorization` costs).
 //!
 //! Kept short (1 s warm-up, 2 s measurement, 20 samples per benchmark) so
 //! `cargo bench` finishes in a few minutes on two cores; see
@@ -197,9 +198,60 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
+/// One `authorization` costs one signature check: what a client sending
+/// forged tokens makes the gateway spend (docs/BENCHMARKS.md, "Failed
+/// authorizations").
+fn verify(c: &mut Criterion) {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let claims = json!({"sub": "alice", "exp": topicgate::unix_now() + 3600});
+    let mut group = c.benchmark_group("auth_verify");
+    let cases: [(&str, Algorithm, &str, &str); 3] = [
+        ("HS256", Algorithm::HS256, "", ""),
+        ("RS256", Algorithm::RS256, "rs256.key.pem", "rs256.pub.pem"),
+        ("ES256", Algorithm::ES256, "es256.key.pem", "es256.pub.pem"),
+    ];
+    for (name, alg, private, public) in cases {
+        let (key, toml) = if private.is_empty() {
+            let key = EncodingKey::from_secret(b"bench-secret").expect("key");
+            (key, "secret = \"bench-secret\"".to_string())
+        } else {
+            let pem = std::fs::read(format!("{fixtures}/{private}")).expect("private key");
+            let key = match alg {
+                Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+                _ => EncodingKey::from_ec_pem(&pem),
+            }
+            .expect("key");
+            (key, format!("public_key_file = \"{fixtures}/{public}\""))
+        };
+        let text =
+            format!("[broker]\nkind = \"memory\"\n[auth.jwt]\nalgorithms = [\"{name}\"]\n{toml}\n");
+        let config = topicgate::RawConfig::from_toml(&text)
+            .expect("parses")
+            .compile(std::path::Path::new("."))
+            .expect("compiles");
+        let token = encode(&Header::new(alg), &claims, &key).expect("sign");
+        // A forged token: same header and claims, the signature of another
+        // message. Verifying it costs the same check, then fails.
+        let (signed, _) = token.rsplit_once('.').expect("three parts");
+        let other = encode(&Header::new(alg), &json!({"sub": "mallory"}), &key).expect("sign");
+        let forged = format!(
+            "{signed}.{}",
+            other.rsplit_once('.').expect("three parts").1
+        );
+        let now = topicgate::unix_now();
+        assert!(config.auth.verify(&token, now).is_ok());
+        assert!(config.auth.verify(&forged, now).is_err());
+        group.bench_function(format!("{name}_forged"), |b| {
+            b.iter(|| config.auth.verify(black_box(&forged), now))
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = hot_paths;
     config = quick();
-    targets = decode, acl, encode, fanout
+    targets = decode, acl, encode, fanout, verify
 }
 criterion_main!(hot_paths);

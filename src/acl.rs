@@ -26,6 +26,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::issues::Issue;
+
 mod claims;
 mod compile;
 mod globs;
@@ -108,6 +110,16 @@ pub struct Acl {
     /// Every claim a compiled template names, once: `bind` looks each up
     /// once however many rules use it.
     template_claims: Vec<ClaimPath>,
+    /// Valid but risky patterns, with their keys: logged at start and on
+    /// reload, printed by `check`.
+    warnings: Vec<Issue>,
+}
+
+impl Acl {
+    /// Valid but risky patterns, with their keys.
+    pub fn warnings(&self) -> &[Issue] {
+        &self.warnings
+    }
 }
 
 #[cfg(test)]

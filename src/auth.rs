@@ -17,9 +17,11 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
 
+mod key_id;
 mod keys;
 mod raw;
 
+pub use key_id::KeyId;
 pub use raw::{RawAuth, RawJwt};
 
 /// The algorithms `auth.jwt.algorithms` offers (docs/CONFIG.md).
@@ -99,6 +101,8 @@ pub enum AuthError {
 
 /// One verification key with the validation rules that go with it.
 struct KeyedValidation {
+    /// Fingerprint of the key and its rules.
+    id: KeyId,
     /// Parsed once at compile; verifying never touches the file again.
     key: DecodingKey,
     /// This key's family only, so a token can never pick another family's key.
@@ -142,6 +146,19 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// Checks `token` at time `now` (seconds since the epoch).
     pub fn verify(&self, token: &str, now: u64) -> Result<Identity, AuthError> {
+        self.verify_keyed(token, now).map(|(identity, _)| identity)
+    }
+
+    /// Whether the key `id` names is configured, with the same rules.
+    pub fn has_key(&self, id: KeyId) -> bool {
+        [&self.hmac, &self.public]
+            .into_iter()
+            .flatten()
+            .any(|keyed| keyed.id == id)
+    }
+
+    /// [`verify`](Self::verify), with the key that verified the token.
+    fn verify_keyed(&self, token: &str, now: u64) -> Result<(Identity, KeyId), AuthError> {
         let alg = header_alg(token)?;
         let keyed = if !self.algorithms.contains(&alg) {
             None
@@ -206,24 +223,40 @@ impl Authenticator {
                 return Err(AuthError::NotYetValid);
             }
         }
-        Ok(Identity {
+        let identity = Identity {
             expires_at: expires_at.map(|exp| exp.saturating_add(self.leeway)),
             claims,
-        })
+        };
+        Ok((identity, keyed.id))
     }
 
     /// Authorization as the session sees it: in bypass mode any string
     /// succeeds, and a well-formed token's claims are still used for the ACL
     /// whether or not they verify (docs/CONFIG.md, `auth.mode`).
     pub fn authorize(&self, token: &str, now: u64) -> Result<Identity, AuthError> {
-        match self.mode {
-            Mode::Jwt => self.verify(token, now),
-            Mode::Bypass => Ok(self.verify(token, now).unwrap_or_else(|_| Identity {
-                claims: unverified_parts(token)
-                    .map(|(_, claims)| claims)
-                    .unwrap_or_default(),
-                expires_at: None,
-            })),
+        self.authorize_keyed(token, now)
+            .map(|(identity, _)| identity)
+    }
+
+    /// [`authorize`](Self::authorize), with the key that verified the token;
+    /// `None` for a bypass-mode token that did not verify.
+    pub fn authorize_keyed(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<(Identity, Option<KeyId>), AuthError> {
+        match (self.mode, self.verify_keyed(token, now)) {
+            (_, Ok((identity, key))) => Ok((identity, Some(key))),
+            (Mode::Jwt, Err(err)) => Err(err),
+            (Mode::Bypass, Err(_)) => {
+                let identity = Identity {
+                    claims: unverified_parts(token)
+                        .map(|(_, claims)| claims)
+                        .unwrap_or_default(),
+                    expires_at: None,
+                };
+                Ok((identity, None))
+            }
         }
     }
 

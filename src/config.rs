@@ -92,6 +92,8 @@ pub struct Limits {
     pub max_message_bytes: usize,
     pub max_subscriptions: usize,
     pub send_queue: usize,
+    /// Bytes of frames buffered per client before slow_consumer.
+    pub send_queue_bytes: usize,
     pub max_connections: usize,
     pub requests_per_sec: u32,
     pub request_burst: u32,
@@ -117,6 +119,14 @@ pub struct Config {
     pub hash: String,
     /// When this config was compiled, in seconds since the epoch.
     pub loaded_at: u64,
+}
+
+impl Config {
+    /// Valid but risky settings, each with its key: logged at start and on
+    /// every reload, printed by `topicgate check`.
+    pub fn warnings(&self) -> &[Issue] {
+        self.acl.warnings()
+    }
 }
 
 impl Default for Config {

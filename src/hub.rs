@@ -79,6 +79,14 @@ impl ClientHandle {
         }
     }
 
+    /// A client whose queue is also bounded to `max_bytes` bytes of frames.
+    pub fn with_byte_limit(id: u64, capacity: usize, max_bytes: usize) -> Self {
+        Self {
+            id,
+            queue: Arc::new(SendQueue::with_byte_limit(capacity, max_bytes)),
+        }
+    }
+
     pub fn queue(&self) -> &Arc<SendQueue> {
         &self.queue
     }

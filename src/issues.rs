@@ -28,6 +28,20 @@ impl Issue {
     }
 }
 
+/// Checks a duration key (in seconds) against its documented bounds
+/// (docs/CONFIG.md): a value beyond them is refused by name rather than
+/// carried into timer arithmetic that could overflow.
+pub fn check_secs(issues: &mut Vec<Issue>, key: &str, value: u64, min: u64, max: u64) {
+    if value < min {
+        issues.push(Issue::new(key, format!("must be at least {min}")));
+    } else if value > max {
+        issues.push(Issue::new(
+            key,
+            format!("{value} is too large: at most {max} seconds"),
+        ));
+    }
+}
+
 /// Every problem of a rejected config, reported at once.
 #[derive(Debug, Clone, thiserror::Error)]
 pub struct ConfigError {

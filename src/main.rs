@@ -73,6 +73,9 @@ fn main() -> ExitCode {
         Command::Check => match loaded {
             Ok(config) => {
                 print!("{}", config.raw.to_masked_toml());
+                for warning in config.warnings() {
+                    eprintln!("warning: {}: {}", warning.key, warning.reason);
+                }
                 eprintln!("{}: ok", path.display());
                 ExitCode::SUCCESS
             }
@@ -261,6 +264,9 @@ fn run(config: Config, path: PathBuf, log_format: Option<&str>) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        for warning in config.warnings() {
+            tracing::warn!(key = %warning.key, "{}", warning.reason);
+        }
         if config.auth.mode == AuthMode::Bypass {
             tracing::warn!(
                 "auth.mode = \"bypass\": any client may authorize; never use this in production"

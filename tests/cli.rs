@@ -224,3 +224,31 @@ fn token_signs_with_the_configured_secret_issuer_and_audience() {
     assert_eq!(identity.claims["iss"], "https://auth.test");
     assert_eq!(identity.claims["aud"], "topicgate");
 }
+
+#[test]
+fn check_warns_when_a_wildcard_follows_a_claim() {
+    let risky = temp_config(
+        "acl-risky",
+        "[auth.jwt]\nsecret = \"s\"\n[[acl.rules]]\ntopics = [\"public.*\", \"user.${sub}.*\"]\neffect = \"allow\"\n",
+    );
+    let out = run(&["check", "--config", risky.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(
+            "warning: acl.rules[0].topics[1]: \"user.${sub}.*\": a wildcard after ${sub}"
+        ),
+        "{stderr}"
+    );
+    let safe = temp_config(
+        "acl-safe",
+        "[auth.jwt]\nsecret = \"s\"\n[[acl.rules]]\ntopics = [\"user.${sub}.{inbox,feed}\"]\neffect = \"allow\"\n",
+    );
+    let out = run(&["check", "--config", safe.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -115,13 +115,38 @@ async fn each_invalid_token_cause_has_a_precise_detail() {
         ),
         (hs(SECRET, with(json!({"aud": null}))), "no audience"),
     ];
-    for (token, expected) in &cases {
-        let detail = refused(&mut c, token).await;
-        assert!(detail.contains(expected), "{expected:?} not in {detail:?}");
+    // A connection may be refused five times (the sixth closes it): one
+    // connection per five cases, and the good token still accepted after
+    // its refusals.
+    for chunk in cases.chunks(5) {
+        for (token, expected) in chunk {
+            let detail = refused(&mut c, token).await;
+            assert!(detail.contains(expected), "{expected:?} not in {detail:?}");
+        }
+        let reply = c.authorize(&hs(SECRET, good.clone())).await;
+        assert_eq!(reply["message"], "session authenticated");
+        c = Client::connect(gateway.addr).await;
     }
-    // The good token is accepted after all those refusals.
-    let reply = c.authorize(&hs(SECRET, good)).await;
-    assert_eq!(reply["message"], "session authenticated");
+}
+
+#[tokio::test]
+async fn the_sixth_refused_authorization_closes_the_connection_with_1008() {
+    let gateway = start_gateway(base_config(None, "")).await;
+    let mut c = Client::connect(gateway.addr).await;
+    let forged = hs("another-secret", json!({"sub": "mallory"}));
+    for _ in 0..5 {
+        refused(&mut c, &forged).await;
+    }
+    let session = c.session.clone();
+    c.send_json(&json!({"action":"authorization","session":session,"context":forged}))
+        .await;
+    let (frames, close) = c.recv_until_close().await;
+    assert_eq!(
+        frames,
+        [json!({"action":"connect","message":"client disconnect","error":"invalid_token"})]
+    );
+    assert_eq!(u16::from(close.expect("a close frame").code), 1008);
+    gateway.connections_at_most(0).await;
 }
 
 /// A config for one asymmetric algorithm with its public key fixture.

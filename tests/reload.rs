@@ -106,7 +106,7 @@ async fn tightened_acl_revokes_live_subscriptions_it_no_longer_allows() {
 }
 
 #[tokio::test]
-async fn rotated_secret_refuses_old_tokens_and_keeps_live_sessions() {
+async fn rotated_secret_refuses_old_tokens_and_expires_the_sessions_it_verified() {
     let tmp = temp_dir("reload-secret");
     let dir = tmp.path();
     let mut live = Live::start(dir, &memory_config("\"test-*\"", "")).await;
@@ -132,7 +132,17 @@ async fn rotated_secret_refuses_old_tokens_and_keeps_live_sessions() {
         "session authenticated"
     );
 
-    // The session authorized before the rotation keeps its subscription.
+    // The session the old secret verified must authorize again.
+    assert_eq!(
+        before.recv().await["detail"],
+        "token key no longer configured"
+    );
+    assert_eq!(before.recv().await["message"], "session expired");
+    assert_eq!(
+        before.authorize(&fresh).await["message"],
+        "session authenticated"
+    );
+    before.subscribed("test-live").await;
     live.publish("test-live", "1").await;
     assert_eq!(before.recv().await["snapshot"], 1);
 }

@@ -18,6 +18,7 @@ impl Acl {
         let default = parse_effect(&raw.default, "acl.default", &mut issues);
         let mut rules = Vec::new();
         let mut template_claims = Vec::new();
+        let mut warnings = Vec::new();
         for (index, rule) in raw.rules.iter().enumerate() {
             let key = format!("acl.rules[{index}]");
             let effect = parse_effect(&rule.effect, &format!("{key}.effect"), &mut issues);
@@ -34,6 +35,19 @@ impl Acl {
                 let pkey = format!("{key}.topics[{i}]");
                 match Template::parse(pattern) {
                     Ok(template) => {
+                        if let (Some(claim), Effect::Allow) =
+                            (template.claim_before_wildcard(), effect)
+                        {
+                            warnings.push(Issue::new(
+                                pkey.clone(),
+                                format!(
+                                    "{pattern:?}: a wildcard after ${{{claim}}} also matches \
+                                     topics of other {claim} values (with {claim} = \"alice\", \
+                                     those of \"alice.bob\"); end the pattern with literal \
+                                     names instead, e.g. \"user.${{{claim}}}.{{inbox,feed}}\""
+                                ),
+                            ));
+                        }
                         // A filled claim is a braced literal whatever its
                         // value (see `literal`), so one stand-in proves the
                         // glob valid for every identity.
@@ -80,6 +94,7 @@ impl Acl {
                 default,
                 rules,
                 template_claims,
+                warnings,
             })
         } else {
             Err(issues)

@@ -261,6 +261,7 @@ fn per_identity_fallback_fills_and_compiles_templates_per_identity() {
             effect: Effect::Allow,
         }],
         template_claims: Vec::new(),
+        warnings: Vec::new(),
     };
     let alice = acl.bind(&who(json!({"sub": "a*"})));
     assert_eq!(alice.check("user.a*.x"), Allow(Some(0)));

@@ -89,6 +89,25 @@ impl Template {
         Ok(Self(pieces))
     }
 
+    /// The first claim followed, anywhere later in the pattern, by a
+    /// wildcard (`*`, `?` or a `[...]` class). Each of those can match the
+    /// segment delimiter, so the claim value `alice` then also reaches
+    /// topics of a claim value such as `alice.bob` (`user.${sub}.*` matches
+    /// `user.alice.bob.inbox`).
+    pub(super) fn claim_before_wildcard(&self) -> Option<&str> {
+        let mut claim = None;
+        for piece in &self.0 {
+            match piece {
+                Piece::Claim(path) => {
+                    claim.get_or_insert(path.name.as_str());
+                }
+                Piece::Glob(text) if claim.is_some() && has_wildcard(text) => return claim,
+                Piece::Glob(_) => {}
+            }
+        }
+        None
+    }
+
     pub(super) fn is_static(&self) -> bool {
         self.0.iter().all(|p| matches!(p, Piece::Glob(_)))
     }
@@ -111,6 +130,21 @@ impl Template {
         }
         Some(out)
     }
+}
+
+/// Whether glob text holds an unescaped `*`, `?` or `[`.
+fn has_wildcard(text: &str) -> bool {
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'\\' => {
+                bytes.next();
+            }
+            b'*' | b'?' | b'[' => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 impl Template {

@@ -53,7 +53,7 @@ claims = { roles = "admin" }  # "roles": "admin", or an array containing it
 effect = "allow"
 
 [[acl.rules]]                 # rule 2: each user's own channels
-topics = ["user.${sub}.*"]
+topics = ["user.${sub}.{inbox,feed}"]
 effect = "allow"
 "#;
 
@@ -83,12 +83,7 @@ fn policies_example_table() {
             Allow(Some(0)),
         ),
         ("user.alice.inbox", Allow(Some(2)), Deny(None), Deny(None)),
-        (
-            "user.alice.inbox.2024/06",
-            Allow(Some(2)),
-            Deny(None),
-            Deny(None),
-        ),
+        ("user.alice.bob.inbox", Deny(None), Deny(None), Deny(None)),
         ("user.bob.inbox", Deny(None), Allow(Some(2)), Deny(None)),
         ("user.*.inbox", Deny(None), Deny(None), Allow(Some(2))),
         ("user.alice", Deny(None), Deny(None), Deny(None)),
@@ -100,6 +95,40 @@ fn policies_example_table() {
         assert_eq!(bob.check(topic), *b, "bob, {topic}");
         assert_eq!(star.check(topic), *s, "sub *, {topic}");
     }
+}
+
+#[test]
+fn a_wildcard_after_a_claim_is_warned_about_naming_the_key() {
+    let warned = |topics: &str| {
+        let acl = acl(&format!(
+            "[[rules]]\ntopics = [\"public.*\", {topics}]\neffect = \"allow\"\n"
+        ));
+        acl.warnings()
+            .iter()
+            .map(|w| w.key.clone())
+            .collect::<Vec<_>>()
+    };
+    for risky in [
+        r#""user.${sub}.*""#,
+        r#""user.${sub}*""#,
+        r#""user.${sub}.?""#,
+        r#""user.${sub}.[a-z]""#,
+        r#""user.${sub}.{inbox,*}""#,
+    ] {
+        assert_eq!(warned(risky), ["acl.rules[0].topics[1]"], "{risky}");
+    }
+    for safe in [
+        r#""user.${sub}.{inbox,feed}""#,
+        r#""user.${sub}""#,
+        r#""feed.{${sub},common}""#,
+        r#""user.${sub}.\\*""#,
+        r#""user.*""#,
+    ] {
+        assert!(warned(safe).is_empty(), "{safe}");
+    }
+    // A deny rule that reaches further denies more: nothing to warn about.
+    let deny = acl("[[rules]]\ntopics = [\"user.${sub}.*\"]\neffect = \"deny\"\n");
+    assert!(deny.warnings().is_empty());
 }
 
 #[test]

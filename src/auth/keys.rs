@@ -9,8 +9,8 @@ use std::time::Duration;
 use jsonwebtoken::crypto::CryptoProvider;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 
-use super::{Authenticator, KeyedValidation, Mode, RawAuth, RawJwt, SUPPORTED, alg_name};
-use crate::issues::Issue;
+use super::{Authenticator, KeyId, KeyedValidation, Mode, RawAuth, RawJwt, SUPPORTED, alg_name};
+use crate::issues::{Issue, check_secs};
 
 impl Authenticator {
     /// Validates `[auth]` and loads its key files (relative to `base_dir`).
@@ -27,10 +27,21 @@ impl Authenticator {
                 Mode::Jwt
             }
         };
-        if raw.timeout_secs == 0 {
-            issues.push(Issue::new("auth.timeout_secs", "must be at least 1"));
-        }
+        check_secs(
+            &mut issues,
+            "auth.timeout_secs",
+            raw.timeout_secs,
+            1,
+            86_400,
+        );
         let jwt = &raw.jwt;
+        check_secs(
+            &mut issues,
+            "auth.jwt.leeway_secs",
+            jwt.leeway_secs,
+            0,
+            3600,
+        );
         let algorithms = parse_algorithms(&jwt.algorithms, &mut issues);
         let mut asymmetric: Vec<AlgorithmFamily> = Vec::new();
         for family in algorithms.iter().map(|a| a.family()) {
@@ -82,10 +93,14 @@ impl Authenticator {
         };
         let hmac = match (&secret, wants_hmac) {
             (Some(secret), true) => match DecodingKey::from_secret(secret) {
-                Ok(key) => Some(KeyedValidation {
-                    key,
-                    validation: Self::validation(jwt, family_algs(AlgorithmFamily::Hmac)),
-                }),
+                Ok(key) => {
+                    let validation = Self::validation(jwt, family_algs(AlgorithmFamily::Hmac));
+                    Some(KeyedValidation {
+                        id: KeyId::of(secret, &validation),
+                        key,
+                        validation,
+                    })
+                }
                 Err(err) => {
                     issues.push(Issue::new("auth.jwt.secret", format!("unusable: {err}")));
                     None
@@ -96,12 +111,16 @@ impl Authenticator {
         let public = match asymmetric.as_slice() {
             [family] => {
                 let algs = family_algs(*family);
-                Self::load_public_key(jwt, *family, &algs, base_dir, &mut issues).map(|key| {
-                    KeyedValidation {
-                        key,
-                        validation: Self::validation(jwt, algs),
-                    }
-                })
+                Self::load_public_key(jwt, *family, &algs, base_dir, &mut issues).map(
+                    |(key, pem)| {
+                        let validation = Self::validation(jwt, algs);
+                        KeyedValidation {
+                            id: KeyId::of(&pem, &validation),
+                            key,
+                            validation,
+                        }
+                    },
+                )
             }
             _ => None,
         };
@@ -166,7 +185,7 @@ impl Authenticator {
         algs: &[Algorithm],
         base_dir: &Path,
         issues: &mut Vec<Issue>,
-    ) -> Option<DecodingKey> {
+    ) -> Option<(DecodingKey, Vec<u8>)> {
         const KEY: &str = "auth.jwt.public_key_file";
         if jwt.public_key_file.is_empty() {
             issues.push(Issue::new(
@@ -221,7 +240,7 @@ impl Authenticator {
             }
         };
         match usable_for(&key, family, algs) {
-            Ok(()) => Some(key),
+            Ok(()) => Some((key, pem)),
             Err(reason) => {
                 issues.push(Issue::new(KEY, format!("{} {reason}", path.display())));
                 None

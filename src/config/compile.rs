@@ -10,6 +10,11 @@ use super::mask::mask_url_password;
 use super::{BrokerKind, Config, ConfigError, Issue, Limits, LogFormat, RawConfig, Redis, Server};
 use crate::acl::Acl;
 use crate::auth::Authenticator;
+use crate::issues::check_secs;
+
+/// Upper bounds of duration keys (docs/CONFIG.md, "Bounds").
+const HOUR: u64 = 3600;
+const DAY: u64 = 86_400;
 
 /// Bounds of `server.header_timeout_secs`: a request head needs at least a
 /// second on a slow link, and an hour is already far beyond any client.
@@ -79,9 +84,20 @@ impl RawConfig {
                 ))
             })
             .ok();
-        if s.idle_timeout_secs == 0 {
-            issues.push(Issue::new("server.idle_timeout_secs", "must be at least 1"));
-        }
+        check_secs(
+            issues,
+            "server.idle_timeout_secs",
+            s.idle_timeout_secs,
+            1,
+            DAY,
+        );
+        check_secs(
+            issues,
+            "server.shutdown_grace_secs",
+            s.shutdown_grace_secs,
+            0,
+            HOUR,
+        );
         if !HEADER_TIMEOUT_SECS.contains(&s.header_timeout_secs) {
             issues.push(Issue::new(
                 "server.header_timeout_secs",
@@ -135,10 +151,15 @@ impl RawConfig {
             issues.push(Issue::new("redis.pool_size", "must be at least 1"));
             ok = false;
         }
-        if r.reconnect_max_secs == 0 {
-            issues.push(Issue::new("redis.reconnect_max_secs", "must be at least 1"));
-            ok = false;
-        }
+        let before = issues.len();
+        check_secs(
+            issues,
+            "redis.reconnect_max_secs",
+            r.reconnect_max_secs,
+            1,
+            HOUR,
+        );
+        ok &= issues.len() == before;
         if !(1..=MAX_HEALTH_CHECK_SECS).contains(&r.health_check_secs) {
             issues.push(Issue::new(
                 "redis.health_check_secs",
@@ -163,6 +184,7 @@ impl RawConfig {
             ("limits.max_message_bytes", l.max_message_bytes),
             ("limits.max_subscriptions", l.max_subscriptions),
             ("limits.send_queue", l.send_queue),
+            ("limits.send_queue_bytes", l.send_queue_bytes),
             ("limits.max_connections", l.max_connections),
             ("limits.requests_per_sec", l.requests_per_sec as usize),
             ("limits.request_burst", l.request_burst as usize),
@@ -182,6 +204,7 @@ impl RawConfig {
             max_message_bytes: l.max_message_bytes,
             max_subscriptions: l.max_subscriptions,
             send_queue: l.send_queue,
+            send_queue_bytes: l.send_queue_bytes,
             max_connections: l.max_connections,
             requests_per_sec: l.requests_per_sec,
             request_burst: l.request_burst,

@@ -71,6 +71,19 @@ fn load_raw(path: &Path, env: Option<HashMap<String, String>>) -> (Option<RawCon
             return (None, vec![issue]);
         }
     };
+    // A non-atomic save truncates before it writes; read in between, the
+    // file would mean "all defaults" (with the secret from the environment,
+    // a valid config that denies every topic). Nobody means that.
+    if text.trim().is_empty() {
+        let issue = Issue::new(
+            "(file)",
+            format!(
+                "{} is empty; write at least one key (an empty file is never taken to mean all defaults)",
+                path.display()
+            ),
+        );
+        return (None, vec![issue]);
+    }
     // Parse once with toml itself: its errors carry line and column.
     if let Err(err) = toml::from_str::<toml::Table>(&text) {
         return (None, vec![toml_issue(&err, &text)]);

@@ -132,17 +132,71 @@ fn defaults_are_the_same_through_load() {
 }
 
 #[test]
-fn an_empty_file_needs_only_the_hs_secret() {
+fn empty_toml_needs_only_the_hs_secret() {
     let err = compile_text("").unwrap_err();
     assert_eq!(issue_keys(&err), ["auth.jwt.secret"], "{err}");
-    let err = load_text("empty", "", &[]).unwrap_err();
-    assert_eq!(issue_keys(&err), ["auth.jwt.secret"], "{err}");
     load_text(
-        "empty-env-secret",
-        "",
+        "comment-env-secret",
+        "# every key at its default\n",
         &[("TOPICGATE__AUTH__JWT__SECRET", "s")],
     )
     .unwrap();
+}
+
+#[test]
+fn an_empty_or_blank_file_is_refused_even_when_the_environment_completes_it() {
+    for text in ["", "  \n\t\n"] {
+        let err = load_text(
+            "empty-env-secret",
+            text,
+            &[("TOPICGATE__AUTH__JWT__SECRET", "s")],
+        )
+        .unwrap_err();
+        assert_eq!(issue_keys(&err), ["(file)"], "{err}");
+        assert!(err.issues[0].reason.contains("is empty"), "{err}");
+    }
+}
+
+#[test]
+fn duration_keys_out_of_their_bounds_are_errors_naming_the_key() {
+    let cases = [
+        (
+            "[server]\nidle_timeout_secs = 18446744073709551615\n",
+            "server.idle_timeout_secs",
+        ),
+        (
+            "[server]\nidle_timeout_secs = 0\n",
+            "server.idle_timeout_secs",
+        ),
+        (
+            "[server]\nshutdown_grace_secs = 9223372036854775807\n",
+            "server.shutdown_grace_secs",
+        ),
+        (
+            "[auth]\ntimeout_secs = 9223372036854775807\n",
+            "auth.timeout_secs",
+        ),
+        (
+            "[auth.jwt]\nleeway_secs = 9223372036854775807\n",
+            "auth.jwt.leeway_secs",
+        ),
+        (
+            "[redis]\nreconnect_max_secs = 86401\n",
+            "redis.reconnect_max_secs",
+        ),
+    ];
+    for (text, key) in cases {
+        let text = format!("{text}[auth.jwt]\nsecret = \"s\"\n").replace(
+            "[auth.jwt]\nleeway_secs = 9223372036854775807\n[auth.jwt]\n",
+            "[auth.jwt]\nleeway_secs = 9223372036854775807\n",
+        );
+        let err = compile_text(&text).unwrap_err();
+        assert_eq!(issue_keys(&err), [key], "{err}");
+    }
+    let at_the_bounds = "[server]\nidle_timeout_secs = 86400\nshutdown_grace_secs = 3600\n\
+                         [auth]\ntimeout_secs = 86400\n[auth.jwt]\nsecret = \"s\"\nleeway_secs = 3600\n\
+                         [redis]\nreconnect_max_secs = 3600\n";
+    compile_text(at_the_bounds).unwrap();
 }
 
 #[test]

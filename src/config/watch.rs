@@ -10,6 +10,11 @@
 //! through the `watch` channel, so a request sees the old config or the new
 //! one, never a mix. An invalid file is rejected whole; the running config
 //! stays. SIGHUP forces a reload.
+//!
+//! Key material is live too: the files `auth.jwt.secret_file` and
+//! `auth.jwt.public_key_file` name are part of what is hashed, and their
+//! directories are watched the same way, so a rotated key reloads the
+//! config like an edit of the file would.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -46,8 +51,9 @@ pub struct Reloader {
     env: Option<HashMap<String, String>>,
     config: watch::Sender<Arc<Config>>,
     metrics: Arc<Metrics>,
-    /// Hash of the content last read, valid or not: a change is a new hash.
-    last_seen: Option<u64>,
+    /// Hash of the content last read (the config file and the key files
+    /// it names), valid or not: a change is a new hash.
+    last_seen: u64,
     /// Every attempt's outcome with a sequence number, for tests and logs.
     outcomes: watch::Sender<(u64, Outcome)>,
 }
@@ -60,15 +66,31 @@ impl Reloader {
         config: watch::Sender<Arc<Config>>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let last_seen = content_hash(&path);
-        Self {
+        let mut reloader = Self {
             path,
             env,
             config,
             metrics,
-            last_seen,
+            last_seen: 0,
             outcomes: watch::Sender::new((0, Outcome::Unchanged)),
+        };
+        reloader.last_seen = content_hash(&reloader.watched_files());
+        reloader
+    }
+
+    /// The files a reload reads: the config file, and the key files the
+    /// running config names (resolved as the loader resolves them).
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let config = self.config.borrow();
+        let jwt = &config.raw.auth.jwt;
+        for name in [&jwt.secret_file, &jwt.public_key_file] {
+            if !name.is_empty() {
+                files.push(base.join(name));
+            }
         }
+        files
     }
 
     /// Outcomes of reload attempts as they happen.
@@ -79,7 +101,7 @@ impl Reloader {
     /// Re-reads the file; applies it when its content changed, or always
     /// when `force` (SIGHUP).
     pub fn reload(&mut self, force: bool) -> Outcome {
-        let hash = content_hash(&self.path);
+        let hash = content_hash(&self.watched_files());
         if !force && hash == self.last_seen {
             return Outcome::Unchanged;
         }
@@ -87,12 +109,17 @@ impl Reloader {
         let outcome = match load(&self.path, self.env.clone()) {
             Ok(config) => {
                 self.warn_restart_only(&config);
+                for warning in config.warnings() {
+                    tracing::warn!(key = %warning.key, "{}", warning.reason);
+                }
                 if config.auth.mode == crate::auth::Mode::Bypass {
                     tracing::warn!(
                         "auth.mode = \"bypass\": any client may authorize; never use this in production"
                     );
                 }
                 self.config.send_replace(Arc::new(config));
+                // The new config may name other key files.
+                self.last_seen = content_hash(&self.watched_files());
                 self.metrics.config_reloads.inc();
                 tracing::info!(file = %self.path.display(), "config reloaded");
                 Outcome::Applied
@@ -132,17 +159,28 @@ impl Reloader {
     }
 }
 
-fn content_hash(path: &Path) -> Option<u64> {
-    let bytes = std::fs::read(path).ok()?;
+/// One hash over the content of `files`; an unreadable file counts as
+/// absent, so its coming back is a change too.
+fn content_hash(files: &[PathBuf]) -> u64 {
     let mut hasher = DefaultHasher::new();
-    bytes.hash(&mut hasher);
-    Some(hasher.finish())
+    for file in files {
+        file.hash(&mut hasher);
+        std::fs::read(file).ok().hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
-/// A running watcher; dropping it stops watching.
+/// The directory a file is watched through.
+fn parent_dir(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// A running watcher; dropping it stops watching (the task owns the
+/// notify thread).
 pub struct Watcher {
-    /// Owns the notify thread; dropped with the watcher.
-    _debouncer: Box<dyn std::any::Any + Send>,
     task: JoinHandle<()>,
 }
 
@@ -154,10 +192,7 @@ impl Drop for Watcher {
 
 /// Watches `reloader`'s file (through its directory) and SIGHUP.
 pub fn spawn(mut reloader: Reloader) -> Result<Watcher, notify::Error> {
-    let dir = match reloader.path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = parent_dir(&reloader.path);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut debouncer = new_debouncer(SETTLE, None, move |result: DebounceEventResult| {
         match result {
@@ -174,6 +209,24 @@ pub fn spawn(mut reloader: Reloader) -> Result<Watcher, notify::Error> {
         }
     })?;
     debouncer.watch(&dir, RecursiveMode::NonRecursive)?;
+    let mut watched = vec![dir.clone()];
+    // Key files may live elsewhere (a mounted secret): watch their
+    // directories too, now and whenever a reload names new ones.
+    let mut watch_key_dirs = move |reloader: &Reloader| {
+        for dir in reloader.watched_files().iter().map(|f| parent_dir(f)) {
+            if watched.contains(&dir) {
+                continue;
+            }
+            match debouncer.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => tracing::info!(dir = %dir.display(), "watching key files for changes"),
+                Err(err) => {
+                    tracing::warn!(dir = %dir.display(), error = %err, "cannot watch key files")
+                }
+            }
+            watched.push(dir);
+        }
+    };
+    watch_key_dirs(&reloader);
     // Installed before the log line below: until then SIGHUP still has its
     // default action and would end the process.
     let mut hangup = hangup_signal();
@@ -194,12 +247,10 @@ pub fn spawn(mut reloader: Reloader) -> Result<Watcher, notify::Error> {
                     reloader.reload(true);
                 }
             }
+            watch_key_dirs(&reloader);
         }
     });
-    Ok(Watcher {
-        _debouncer: Box::new(debouncer),
-        task,
-    })
+    Ok(Watcher { task })
 }
 
 #[cfg(unix)]

@@ -19,7 +19,8 @@ use crate::protocol::Disconnect;
 /// Why [`SendQueue::push`] refused a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushError {
-    /// `limits.send_queue` frames are already waiting: a slow consumer.
+    /// `limits.send_queue` frames, or `limits.send_queue_bytes` bytes, are
+    /// already waiting: a slow consumer.
     Full,
     /// The writer has stopped; nothing more will be sent.
     Shut,
@@ -33,6 +34,9 @@ pub struct SendQueue {
     state: Mutex<State>,
     /// Most frames waiting at once (`limits.send_queue`).
     capacity: usize,
+    /// Most bytes of frames waiting at once (`limits.send_queue_bytes`):
+    /// the frame bound alone lets one client pin `send_queue` large frames.
+    max_bytes: usize,
     /// Wakes the writer when a frame arrives in an empty queue, or a ping
     /// or the close is requested. `notify_one` keeps a permit when the
     /// writer is busy writing, so no wake-up is lost between its check and
@@ -45,6 +49,9 @@ pub struct SendQueue {
 struct State {
     /// Waiting frames, oldest first; no allocation until the first one.
     frames: VecDeque<Outbound>,
+    /// Text bytes of `frames`. Shared delivery bytes count once per queue:
+    /// the bound is on what this client holds up.
+    bytes: usize,
     /// A heartbeat ping is due; sent ahead of the waiting frames.
     ping: bool,
     /// The first close reason asked for; later ones are ignored.
@@ -54,15 +61,25 @@ struct State {
 }
 
 impl SendQueue {
+    /// A queue bounded in frames only.
     pub fn new(capacity: usize) -> Self {
+        Self::with_byte_limit(capacity, usize::MAX)
+    }
+
+    /// A queue bounded in frames and in bytes. A frame larger than
+    /// `max_bytes` is still taken into an empty queue, so no message is too
+    /// large to deliver to a client that keeps up.
+    pub fn with_byte_limit(capacity: usize, max_bytes: usize) -> Self {
         Self {
             state: Mutex::new(State {
                 frames: VecDeque::new(),
+                bytes: 0,
                 ping: false,
                 closing: None,
                 shut: false,
             }),
             capacity,
+            max_bytes,
             writer: Notify::new(),
             reader: Notify::new(),
         }
@@ -79,9 +96,13 @@ impl SendQueue {
         if state.shut {
             return Err(PushError::Shut);
         }
-        if state.frames.len() >= self.capacity {
+        let len = outbound.frame.len();
+        let over_bytes =
+            !state.frames.is_empty() && state.bytes.saturating_add(len) > self.max_bytes;
+        if state.frames.len() >= self.capacity || over_bytes {
             return Err(PushError::Full);
         }
+        state.bytes += len;
         state.frames.push_back(outbound);
         // The writer drains until the queue is empty before it waits, so
         // only the first frame into an empty queue needs to wake it.
@@ -158,7 +179,10 @@ impl SendQueue {
 
     /// The oldest waiting frame.
     pub fn pop(&self) -> Option<Outbound> {
-        self.lock().frames.pop_front()
+        let mut state = self.lock();
+        let outbound = state.frames.pop_front()?;
+        state.bytes -= outbound.frame.len();
+        Some(outbound)
     }
 
     /// For the writer when it stops: refuses further pushes and discards
@@ -168,6 +192,7 @@ impl SendQueue {
         let (reason, left) = {
             let mut state = self.lock();
             state.shut = true;
+            state.bytes = 0;
             (state.closing, std::mem::take(&mut state.frames))
         };
         let deliveries = left.iter().filter(|o| o.arrived().is_some()).count();
@@ -196,6 +221,27 @@ mod tests {
         assert_eq!(queue.push(reply()), Err(PushError::Full));
         assert!(queue.pop().is_some());
         assert_eq!(queue.push(reply()), Ok(()));
+    }
+
+    #[test]
+    fn a_queue_over_its_byte_bound_refuses_until_bytes_are_taken() {
+        let queue = SendQueue::with_byte_limit(100, 10);
+        let frame = |text: &'static str| Outbound::reply(Frame::from_static(text));
+        assert_eq!(queue.push(frame("123456")), Ok(()));
+        assert_eq!(queue.push(frame("1234")), Ok(()));
+        assert_eq!(queue.push(frame("1")), Err(PushError::Full));
+        assert!(queue.pop().is_some());
+        assert_eq!(queue.push(frame("123456")), Ok(()));
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_byte_bound_fits_an_empty_queue_only() {
+        let queue = SendQueue::with_byte_limit(100, 4);
+        let big = || Outbound::reply(Frame::from_static("0123456789"));
+        assert_eq!(queue.push(big()), Ok(()));
+        assert_eq!(queue.push(big()), Err(PushError::Full));
+        assert!(queue.pop().is_some());
+        assert_eq!(queue.push(big()), Ok(()));
     }
 
     #[test]

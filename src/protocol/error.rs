@@ -56,6 +56,12 @@ pub enum Disconnect {
     Idle,
     SlowConsumer,
     Shutdown,
+    /// Too many refused authorizations on one connection: each costs a
+    /// signature check, so a client that keeps guessing is cut off.
+    AuthFailures,
+    /// The session failed inside the server (a bug): close 1011 with no
+    /// final frame, so the client reconnects rather than waits.
+    Internal,
 }
 
 impl Disconnect {
@@ -68,6 +74,8 @@ impl Disconnect {
             Disconnect::Idle => Some("idle_timeout"),
             Disconnect::SlowConsumer => Some("slow_consumer"),
             Disconnect::Shutdown => Some("shutdown"),
+            Disconnect::AuthFailures => Some("invalid_token"),
+            Disconnect::Internal => None,
         }
     }
 
@@ -79,6 +87,8 @@ impl Disconnect {
             Disconnect::AuthTimeout => Some(1008),
             Disconnect::SlowConsumer => Some(1013),
             Disconnect::Shutdown => Some(1001),
+            Disconnect::AuthFailures => Some(1008),
+            Disconnect::Internal => Some(1011),
         }
     }
 

@@ -30,6 +30,9 @@ impl Action {
     }
 }
 
+/// The longest string `id` a reply echoes (docs/PROTOCOL.md, "Requests").
+pub const MAX_ID_BYTES: usize = 128;
+
 /// The optional client correlation id, echoed in the reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -95,6 +98,11 @@ pub fn decode(text: &str) -> Result<Request, DecodeError> {
     })?;
     let id = match raw.id {
         None | Some(Value::Null) => None,
+        // Echoing a long id would let one small request pin a large reply;
+        // such an id is refused without being echoed.
+        Some(Value::String(s)) if s.len() > MAX_ID_BYTES => {
+            return Err(bad(format!("id is longer than {MAX_ID_BYTES} bytes"), None));
+        }
         Some(Value::String(s)) => Some(Id::Str(s)),
         Some(Value::Number(n)) => Some(Id::Num(n)),
         Some(_) => return Err(bad("id must be a string or a number".into(), None)),

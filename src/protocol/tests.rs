@@ -627,6 +627,7 @@ fn disconnect_final_frames_and_close_codes() {
         (Disconnect::AuthTimeout, "auth_timeout", Some(1008)),
         (Disconnect::SlowConsumer, "slow_consumer", Some(1013)),
         (Disconnect::Shutdown, "shutdown", Some(1001)),
+        (Disconnect::AuthFailures, "invalid_token", Some(1008)),
         // Idle peers are dropped without a close frame (docs/PROTOCOL.md, "Closing").
         (Disconnect::Idle, "idle_timeout", None),
     ];
@@ -641,6 +642,8 @@ fn disconnect_final_frames_and_close_codes() {
     assert_eq!(Disconnect::Gone.code(), None);
     assert_eq!(Disconnect::Gone.close_code(), None);
     assert_eq!(Disconnect::Gone.final_frame(), None);
+    assert_eq!(Disconnect::Internal.final_frame(), None);
+    assert_eq!(Disconnect::Internal.close_code(), Some(1011));
 }
 
 #[test]

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::Session;
+use super::{Session, deadline_after};
 use crate::acl::Policy;
-use crate::auth::{self, Identity, Mode};
-use crate::protocol::{ErrorCode, Request};
+use crate::auth::{self, Identity, KeyId, Mode};
+use crate::protocol::{Disconnect, ErrorCode, Request};
 
 /// Where the session stands with authorization.
 pub(super) enum Auth {
@@ -27,24 +27,38 @@ pub(super) enum Auth {
         policy: Policy,
         /// When the token stops being valid (includes leeway).
         expires: Option<Instant>,
+        /// The key that verified the token; `None` for a bypass-mode token
+        /// that did not verify. A reload that no longer configures it
+        /// (or switches to jwt when `None`) ends the authorization.
+        key: Option<KeyId>,
     },
 }
 
 impl Session {
     pub(super) fn authorize(&mut self, request: &Request) {
-        let identity = match self.config.auth.authorize(&request.context, auth::now()) {
-            Ok(identity) => identity,
+        let (identity, key) = match self
+            .config
+            .auth
+            .authorize_keyed(&request.context, auth::now())
+        {
+            Ok(verified) => verified,
             Err(err) => {
                 tracing::info!(session = %self.id, reason = %err, "authorization refused");
                 self.metrics.auth_failure("invalid_token");
+                if self.requests.refuse_authorization() {
+                    tracing::info!(session = %self.id, "too many refused authorizations");
+                    self.client.close(Disconnect::AuthFailures);
+                    return;
+                }
                 self.fail(request, ErrorCode::InvalidToken, &err.to_string());
                 return;
             }
         };
         let policy = self.config.acl.bind(&identity);
-        let expires = identity.expires_at.map(|exp| {
+        // An `exp` too far away for a timer never expires.
+        let expires = identity.expires_at.and_then(|exp| {
             let left = exp.saturating_sub(auth::now());
-            Instant::now() + Duration::from_secs(left)
+            deadline_after(Instant::now(), Duration::from_secs(left))
         });
         tracing::info!(session = %self.id, sub = identity.subject().unwrap_or("-"), "session authenticated");
         if matches!(self.auth, Auth::None { .. }) {
@@ -56,6 +70,7 @@ impl Session {
                 .into(),
             policy,
             expires,
+            key,
         };
         // A refresh keeps what the new token allows and revokes the rest.
         self.revoke_disallowed("no longer allowed by the new token");
@@ -71,7 +86,7 @@ impl Session {
                 let acl = &self.config.acl;
                 Some(
                     self.anonymous
-                        .get_or_insert_with(|| acl.bind(&Identity::anonymous())),
+                        .get_or_insert_with(|| Box::new(acl.bind(&Identity::anonymous()))),
                 )
             }
             Auth::None { .. } => None,

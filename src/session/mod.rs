@@ -25,6 +25,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{Sink, Stream, StreamExt};
 use tokio::sync::watch;
@@ -73,18 +74,41 @@ struct Session {
     shutdown: watch::Receiver<bool>,
     /// This gateway's Prometheus series.
     metrics: Arc<Metrics>,
-    /// Held for the connection's life, then handed back with the socket.
-    slot: ConnectionSlot,
+    /// Held for the connection's life, then handed back with the socket;
+    /// `None` once handed back. Dropped with the session otherwise, so a
+    /// panicking session still frees its place.
+    slot: Option<ConnectionSlot>,
     /// The config this session's policy was bound against.
     config: Arc<Config>,
     /// Authorized or not, and until when.
     auth: Auth,
-    /// ACL for requests without authorization in bypass mode.
-    anonymous: Option<Policy>,
+    /// ACL for requests without authorization in bypass mode. Boxed: only
+    /// bypass mode (development) uses it, and every session carries the
+    /// field.
+    anonymous: Option<Box<Policy>>,
     /// Topics this session holds at the hub.
     topics: HashSet<String>,
-    /// `limits.requests_per_sec` / `request_burst` for this connection.
+    /// `limits.requests_per_sec` / `request_burst` for this connection,
+    /// and its refused authorizations.
     requests: TokenBucket,
+}
+
+/// The longest wait a timer is set for. Anything later (a token whose `exp`
+/// is centuries away) counts as never: `Instant` arithmetic near its limits
+/// overflows.
+const HORIZON: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// `at + wait`, or `None` when that is beyond [`HORIZON`] (never).
+pub(super) fn deadline_after(at: Instant, wait: Duration) -> Option<Instant> {
+    if wait > HORIZON {
+        return None;
+    }
+    at.checked_add(wait)
+}
+
+/// `at + wait`, saturating at [`HORIZON`] for timers that must fire some time.
+fn later(at: Instant, wait: Duration) -> Instant {
+    deadline_after(at, wait.min(HORIZON)).unwrap_or(at)
 }
 
 /// Serves one upgraded connection until it closes. Returns the socket with
@@ -115,7 +139,11 @@ where
         slot,
     } = handles;
     let config = updates.borrow().clone();
-    let client = ClientHandle::new(slot.id(), config.limits.send_queue);
+    let client = ClientHandle::with_byte_limit(
+        slot.id(),
+        config.limits.send_queue,
+        config.limits.send_queue_bytes,
+    );
     let (sink, mut stream) = socket.split();
     let writer = tokio::spawn(writer::write_loop(
         sink,
@@ -128,7 +156,9 @@ where
     for frame in protocol::greeting(id.hyphenated().encode_lower(&mut Uuid::encode_buffer())) {
         client.push(frame);
     }
-    let deadline = (config.auth.mode == Mode::Jwt).then(|| Instant::now() + config.auth.timeout);
+    let deadline = (config.auth.mode == Mode::Jwt)
+        .then(|| deadline_after(Instant::now(), config.auth.timeout))
+        .flatten();
     let mut session = Session {
         requests: TokenBucket::new(config.limits.request_burst, Instant::now()),
         id,
@@ -137,7 +167,7 @@ where
         updates,
         shutdown,
         metrics,
-        slot,
+        slot: Some(slot),
         config,
         auth: Auth::None { deadline },
         anonymous: None,
@@ -148,9 +178,10 @@ where
         session.client.close(reason);
         session.release_all();
         tracing::info!(session = %session.id, peer = peer.map(tracing::field::display), reason = reason.code().unwrap_or("peer_closed"), "connection closed");
-        let slot = session.into_slot();
+        let slot = session.slot.take();
+        drop(session);
         let sink = writer.await.ok()?;
-        Some((stream.reunite(sink).ok()?, slot))
+        Some((stream.reunite(sink).ok()?, slot?))
     }
 }
 
@@ -164,7 +195,7 @@ impl Session {
         // Heartbeat (docs/PROTOCOL.md, Closing): a ping every third of the
         // idle timeout, queued for the writer; any frame, pongs included,
         // proves the peer alive.
-        let mut ping_at = last_seen + idle_timeout / 3;
+        let mut ping_at = later(last_seen, idle_timeout / 3);
         if *self.shutdown.borrow_and_update() {
             return Disconnect::Shutdown;
         }
@@ -173,7 +204,7 @@ impl Session {
             // single `Sleep` per connection. The auth deadline exists only
             // before authorization and the token's expiry only after, so at
             // most one of them is pending.
-            let idle_at = last_seen + idle_timeout;
+            let idle_at = later(last_seen, idle_timeout);
             let timer = self
                 .auth
                 .deadline()
@@ -191,21 +222,20 @@ impl Session {
                     // Boxed: requests are rare, and their future would
                     // otherwise enlarge every idle connection's task.
                     Some(Ok(Message::Text(text))) => Box::pin(self.handle_text(&text)).await,
-                    Some(Ok(Message::Binary(_))) => {
-                        self.client.push(protocol::decode_failure(&protocol::DecodeError {
-                            code: ErrorCode::BadRequest,
-                            detail: "binary frames are not accepted; send JSON text".into(),
-                            id: None,
-                        }));
-                    }
+                    Some(Ok(Message::Binary(_))) => self.refuse_binary(),
                     Some(Ok(_)) => {}
+                    }
+                    // A request may have closed the connection (too many
+                    // refused authorizations): stop reading at once.
+                    if let Some(reason) = self.client.queue().closing() {
+                        return reason;
                     }
                 }
                 _ = sleep_until(timer) => {
                     let now = Instant::now();
                     if now >= ping_at {
                         self.client.queue().ping();
-                        ping_at = now + idle_timeout / 3;
+                        ping_at = later(now, idle_timeout / 3);
                     }
                     match self.auth {
                         Auth::None { deadline: Some(at) } if now >= at => {
@@ -215,7 +245,7 @@ impl Session {
                         Auth::Authenticated { expires: Some(at), .. } if now >= at => {
                             self.expire();
                         }
-                        _ if now >= last_seen + idle_timeout => return Disconnect::Idle,
+                        _ if now >= later(last_seen, idle_timeout) => return Disconnect::Idle,
                         _ => {}
                     }
                 }
@@ -240,27 +270,55 @@ impl Session {
                 .encode_lower(&mut Uuid::encode_buffer())
     }
 
-    async fn handle_text(&mut self, text: &str) {
-        let decoded = protocol::decode(text);
+    /// Takes one token from the request bucket; `Err` holds the detail of
+    /// the `limit_exceeded` reply when none is left.
+    fn take_request(&mut self) -> Result<(), String> {
         let limits = &self.config.limits;
-        let allowed = self.requests.take(
+        if self.requests.take(
             limits.requests_per_sec,
             limits.request_burst,
             Instant::now(),
-        );
+        ) {
+            return Ok(());
+        }
+        Err(format!(
+            "more than {} requests a second (burst {})",
+            limits.requests_per_sec, limits.request_burst
+        ))
+    }
+
+    /// A binary frame is a request like any other for the rate limit, and
+    /// always refused.
+    fn refuse_binary(&mut self) {
+        let (code, detail) = match self.take_request() {
+            Ok(()) => (
+                ErrorCode::BadRequest,
+                "binary frames are not accepted; send JSON text".to_string(),
+            ),
+            Err(detail) => (ErrorCode::LimitExceeded, detail),
+        };
+        self.client
+            .push(protocol::decode_failure(&protocol::DecodeError {
+                code,
+                detail,
+                id: None,
+            }));
+    }
+
+    async fn handle_text(&mut self, text: &str) {
+        let decoded = protocol::decode(text);
+        let allowed = self.take_request();
         let request = match decoded {
             Ok(request) => request,
-            Err(err) => {
+            Err(mut err) => {
+                if let Err(detail) = allowed {
+                    (err.code, err.detail) = (ErrorCode::LimitExceeded, detail);
+                }
                 self.client.push(protocol::decode_failure(&err));
                 return;
             }
         };
-        if !allowed {
-            let limits = &self.config.limits;
-            let detail = format!(
-                "more than {} requests a second (burst {})",
-                limits.requests_per_sec, limits.request_burst
-            );
+        if let Err(detail) = allowed {
             self.fail(&request, ErrorCode::LimitExceeded, &detail);
             return;
         }
@@ -297,12 +355,8 @@ impl Session {
         ));
     }
 
-    /// Lets go of everything but the connection's slot.
-    fn into_slot(self) -> ConnectionSlot {
-        self.slot
-    }
-
     /// The connection is over: let go of every topic and of the gauges.
+    /// Idempotent: it runs again when the session is dropped.
     fn release_all(&mut self) {
         self.metrics.subscriptions.sub(self.topics.len() as i64);
         for topic in self.topics.drain() {
@@ -312,5 +366,19 @@ impl Session {
             self.metrics.sessions_authenticated.dec();
             self.auth = Auth::None { deadline: None };
         }
+    }
+}
+
+/// Cleanup that does not depend on the read loop returning: a session that
+/// panics, or whose task is dropped, still closes its queue (so the writer
+/// ends and the socket closes), lets go of its topics and gauges, and frees
+/// its slot (the field drops after this).
+impl Drop for Session {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(session = %self.id, "session failed; closing its connection");
+        }
+        self.client.close(Disconnect::Internal);
+        self.release_all();
     }
 }

@@ -1,13 +1,24 @@
-//! The per-connection request rate limit (`limits.requests_per_sec`,
-//! `limits.request_burst`).
+//! The per-connection request bounds: the rate limit
+//! (`limits.requests_per_sec`, `limits.request_burst`) and the number of
+//! refused authorizations.
 
 use tokio::time::Instant;
 
-/// A token bucket. The rate and burst are read from the live config at
-/// each take rather than kept here: a bucket is part of every idle
-/// connection's future.
+/// Refused authorizations one connection may make; the next one closes it
+/// (docs/PROTOCOL.md, "Closing"). Each costs a signature check, which for
+/// RS*/ES* is real CPU.
+pub(crate) const MAX_AUTH_FAILURES: u8 = 5;
+
+/// A token bucket, and the count of refused authorizations. The rate and
+/// burst are read from the live config at each take rather than kept here:
+/// a bucket is part of every idle connection's future, and the count sits
+/// in what would otherwise be padding.
 pub(super) struct TokenBucket {
-    tokens: f64,
+    /// `f32`: bursts are whole numbers far below its exact range.
+    tokens: f32,
+    /// Refused authorizations so far, never reset: a valid token between
+    /// guesses does not buy more guesses.
+    auth_failures: u8,
     /// When `tokens` was last brought up to date.
     last: Instant,
 }
@@ -16,21 +27,29 @@ impl TokenBucket {
     /// A full bucket of `burst` tokens.
     pub(super) fn new(burst: u32, now: Instant) -> Self {
         Self {
-            tokens: f64::from(burst),
+            tokens: burst as f32,
+            auth_failures: 0,
             last: now,
         }
     }
 
+    /// Counts a refused authorization; `true` once there were more than
+    /// [`MAX_AUTH_FAILURES`].
+    pub(super) fn refuse_authorization(&mut self) -> bool {
+        self.auth_failures = self.auth_failures.saturating_add(1);
+        self.auth_failures > MAX_AUTH_FAILURES
+    }
+
     /// A new, lower burst caps the tokens saved up.
     pub(super) fn cap(&mut self, burst: u32) {
-        self.tokens = self.tokens.min(f64::from(burst));
+        self.tokens = self.tokens.min(burst as f32);
     }
 
     /// Takes one token if there is one, after adding `rate` a second since
     /// the last take, at most `burst` in all.
     pub(super) fn take(&mut self, rate: u32, burst: u32, now: Instant) -> bool {
-        let earned = now.saturating_duration_since(self.last).as_secs_f64() * f64::from(rate);
-        self.tokens = (self.tokens + earned).min(f64::from(burst));
+        let earned = now.saturating_duration_since(self.last).as_secs_f32() * rate as f32;
+        self.tokens = (self.tokens + earned).min(burst as f32);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;

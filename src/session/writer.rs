@@ -99,11 +99,13 @@ where
             let _ = timeout(CLOSE_TIMEOUT, sink.close()).await;
             return sink;
         }
-        let (Some(frame), Some(code)) = (reason.final_frame(), reason.close_code()) else {
+        let Some(code) = reason.close_code() else {
             return sink;
         };
         let farewell = async {
-            sink.send(Message::Text(frame)).await?;
+            if let Some(frame) = reason.final_frame() {
+                sink.send(Message::Text(frame)).await?;
+            }
             sink.send(Message::Close(Some(CloseFrame {
                 code: CloseCode::from(code),
                 reason: "".into(),

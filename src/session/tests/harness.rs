@@ -59,10 +59,21 @@ pub(super) fn compile(raw: RawConfig) -> Config {
 
 /// An HS256 token for `sub` that expires `ttl` seconds from now.
 pub(super) fn token(sub: &str, ttl: u64) -> String {
-    let claims = json!({"sub": sub, "exp": crate::auth::now() + ttl});
-    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).expect("key");
-    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("sign")
+    signed(
+        &json!({"sub": sub, "exp": crate::auth::now() + ttl}),
+        SECRET,
+    )
 }
+
+/// `claims` signed with HS256 and `secret`.
+pub(super) fn signed(claims: &Value, secret: &str) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("key");
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), claims, &key).expect("sign")
+}
+
+/// A text frame the test socket fails on with a panic, as a bug anywhere in
+/// the session's read path would.
+pub(super) const PANIC: &str = "the transport panics on this frame";
 
 /// The server's end of the channel pair.
 pub(super) struct Socket {
@@ -74,7 +85,11 @@ impl Stream for Socket {
     type Item = Result<Message, WsError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.incoming.poll_recv(cx)
+        let next = self.incoming.poll_recv(cx);
+        if let Poll::Ready(Some(Ok(Message::Text(text)))) = &next {
+            assert_ne!(text.as_str(), PANIC, "the test socket panics as asked");
+        }
+        next
     }
 }
 
@@ -183,7 +198,10 @@ pub(super) struct Client {
 impl Client {
     pub(super) async fn send(&self, action: &str, context: &str) {
         let request = json!({"action": action, "session": self.session, "context": context});
-        let message = Message::text(request.to_string());
+        self.send_message(Message::text(request.to_string())).await;
+    }
+
+    pub(super) async fn send_message(&self, message: Message) {
         self.to_server
             .send(Ok(message))
             .await

@@ -2,7 +2,9 @@
 //! paused time. No TCP, no Redis; timers fire when the test is idle, so
 //! expiry and deadlines take no wall-clock time.
 
+mod hardening;
 mod harness;
+mod rotation;
 
 use std::time::Duration;
 
