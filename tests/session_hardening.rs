@@ -1,6 +1,7 @@
 //! The session's hardening against the real binary (docs/RELIABILITY.md):
-//! far-future token expiry, key rotation through the watched key file, and
-//! a truncated config file that must not replace the running one.
+//! far-future token expiry, key rotation through the watched key file, a
+//! switch from bypass to jwt, and a truncated config file that must not
+//! replace the running one.
 
 use topicgate_test_support as common;
 
@@ -277,4 +278,72 @@ async fn a_symlink_swap_of_the_mounted_secret_expires_sessions_of_the_old_key() 
         "the-rotated-secret",
     );
     assert_eq!(c.authorize(&new).await["message"], "session authenticated");
+}
+
+#[tokio::test]
+async fn a_reload_from_bypass_to_jwt_unauthenticates_every_session_without_a_verified_token() {
+    let tmp = temp_dir("bypass-to-jwt");
+    let port = free_port();
+    let secret = "bypass-to-jwt-test-secret";
+    let path = tmp.path().join("config.toml");
+    let mode = |mode: &str| {
+        config_text(port, &format!("secret = \"{secret}\"")).replace(
+            "[auth]\ntimeout_secs = 30\n",
+            &format!("[auth]\nmode = \"{mode}\"\ntimeout_secs = 1\n"),
+        )
+    };
+    std::fs::write(&path, mode("bypass")).unwrap();
+    let mut gateway = spawn(&path, &[]).await;
+    gateway.drain_log();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    // Authorized with a string that is no token at all.
+    let mut loose = Client::connect(addr).await;
+    assert_eq!(
+        loose.authorize("anything at all").await["message"],
+        "session authenticated"
+    );
+    loose.subscribed("chat-loose").await;
+    // Never authorized: bypass lets it subscribe anyway.
+    let mut anonymous = Client::connect(addr).await;
+    anonymous.subscribed("chat-anonymous").await;
+    // A token that verifies under the jwt policy too.
+    let mut verified = Client::connect(addr).await;
+    let token = signed(json!({"sub": "carol", "exp": unix_now() + 3600}), secret);
+    assert_eq!(
+        verified.authorize(&token).await["message"],
+        "session authenticated"
+    );
+    verified.subscribed("chat-verified").await;
+
+    // An editor's atomic save switches the file to jwt.
+    let staged = tmp.path().join("config.toml.new");
+    std::fs::write(&staged, mode("jwt")).unwrap();
+    std::fs::rename(&staged, &path).unwrap();
+
+    let revoked = |topic: &str| {
+        json!({"action":"unsubscribe","message":"context revoked","context":topic,
+               "error":"forbidden","detail":"authorization required"})
+    };
+    assert_eq!(loose.recv().await, revoked("chat-loose"));
+    assert_eq!(
+        loose.recv().await,
+        json!({"action":"session","message":"session expired","error":"token_expired"})
+    );
+    assert_eq!(anonymous.recv().await, revoked("chat-anonymous"));
+    // Neither may subscribe again without a token, and both are closed
+    // once `auth.timeout_secs` (1 s here) has passed.
+    let refused = anonymous.request("subscribe", "chat-anonymous").await;
+    assert_eq!(refused["error"], "unauthenticated");
+    for client in [&mut loose, &mut anonymous] {
+        let (frames, close) = client.recv_until_close().await;
+        assert_eq!(
+            frames,
+            vec![json!({"action":"connect","message":"client disconnect","error":"auth_timeout"})]
+        );
+        assert_eq!(u16::from(close.expect("close frame").code), 1008);
+    }
+    // The verified session is untouched.
+    publish(addr, "chat-verified", "kept").await;
+    assert_eq!(verified.recv().await["snapshot"], "kept");
 }
