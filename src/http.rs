@@ -109,6 +109,7 @@ fn readyz(shared: Arc<Shared>) -> impl Filter<Extract = (Body,), Error = warp::R
                 "redis": redis,
                 "broker": broker.kind(),
                 "bypass": config.auth.mode == crate::auth::Mode::Bypass,
+                "history": broker.history_status().as_str(),
                 "connections": shared.connections.count(),
                 "config": {"hash": config.hash, "loaded_at": config.loaded_at},
             });
@@ -206,7 +207,11 @@ async fn publish_reply(authorization: Option<String>, body: &[u8], shared: &Shar
         .publish(&request.topic, payload.into())
         .await
     {
-        Ok(_position) => {
+        Ok(Some(position)) => json(
+            StatusCode::OK,
+            &serde_json::json!({"offset": position.offset, "epoch": &*position.epoch}),
+        ),
+        Ok(None) => {
             let mut response = Response::new(Bytes::new().into());
             *response.status_mut() = StatusCode::NO_CONTENT;
             response
