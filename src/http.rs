@@ -76,8 +76,10 @@ fn plain(status: StatusCode, text: &'static str) -> Body {
     response
 }
 
-fn json(status: StatusCode, value: &serde_json::Value) -> Body {
-    let mut response = Response::new(value.to_string().into());
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Body {
+    // Serializing plain data into a String cannot fail.
+    let text = serde_json::to_string(value).unwrap_or_default();
+    let mut response = Response::new(text.into());
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -207,10 +209,19 @@ async fn publish_reply(authorization: Option<String>, body: &[u8], shared: &Shar
         .publish(&request.topic, payload.into())
         .await
     {
-        Ok(Some(position)) => json(
-            StatusCode::OK,
-            &serde_json::json!({"offset": position.offset, "epoch": &*position.epoch}),
-        ),
+        Ok(Some(position)) => {
+            /// The recorded position, fields in the documented order.
+            #[derive(serde::Serialize)]
+            struct Recorded<'a> {
+                offset: u64,
+                epoch: &'a str,
+            }
+            let recorded = Recorded {
+                offset: position.offset,
+                epoch: &position.epoch,
+            };
+            json(StatusCode::OK, &recorded)
+        }
         Ok(None) => {
             let mut response = Response::new(Bytes::new().into());
             *response.status_mut() = StatusCode::NO_CONTENT;

@@ -32,6 +32,8 @@ impl Registry {
     /// Starts reading `topic`'s range after `since` for catch-up `id`.
     pub(super) fn catch_up(&self, topic: String, since: Position, id: u64) {
         let Some((registry, broker)) = self.links() else {
+            // No broker to read from: release what was held, after a gap.
+            self.caught_up(&topic, id, Err(BrokerError::Stopped));
             return;
         };
         tokio::spawn(async move {

@@ -261,3 +261,6 @@ fn newer(position: Option<&Position>, last: Option<&Position>) -> bool {
         _ => true,
     }
 }
+
+#[cfg(test)]
+mod tests;
