@@ -611,3 +611,18 @@ async fn the_memory_broker_recovers_through_the_same_path() {
     assert_eq!(reply["recovered"], true, "{reply}");
     expect_run(&mut c, "t-mem", 3, 4).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_after_the_first_record_receives_live_on_a_threaded_runtime() {
+    let redis = RedisServer::start();
+    let gateway = start_gateway(history_config(&redis, "")).await;
+    let mut conn = redis.connection().await;
+    assert_eq!(fcall(&mut conn, "t-mt", "1").await, 1);
+    let mut c = client(gateway.addr).await;
+    let reply = c.subscribe("t-mt").await;
+    assert_eq!(reply["offset"], 1, "{reply}");
+    for n in 2..=20 {
+        fcall(&mut conn, "t-mt", &n.to_string()).await;
+    }
+    expect_run(&mut c, "t-mt", 2, 20).await;
+}

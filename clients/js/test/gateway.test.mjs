@@ -216,7 +216,8 @@ describe('history and recovery against the real gateway', () => {
   }
 
   test('zero loss and zero duplicates through repeated forced drops while Redis records continuously', async () => {
-    const gw = await gateway();
+    // A history deep enough for the whole run: a reconnect never falls out of it.
+    const gw = await gateway(`${ACL}[history]\nsize = 1000\n`);
     const { Tracked, sockets } = trackedWebSocket();
     const c = client(gw.url, { token: signToken({ sub: 'ivan' }), WebSocket: Tracked });
     await c.connect();
@@ -224,21 +225,32 @@ describe('history and recovery against the real gateway', () => {
     const total = 200;
     assert.equal(await fcall(topic, 1), 1);
     const received = [];
-    const done = deferred();
+    let reached = deferred();
+    let awaited = 0;
     const sub = await c.subscribe(topic, (data, ctx) => {
       assert.equal(ctx.offset, data.n);
       received.push(data.n);
-      if (data.n === total) done.resolve();
+      if (data.n >= awaited) reached.resolve();
     });
     const gaps = [];
     sub.on('gap', (gap) => gaps.push(gap));
     for (let n = 2; n <= total; n++) {
       assert.equal(await fcall(topic, n), n);
-      // Every 40 messages the current connection is cut without a close frame.
-      if (n % 40 === 0 && n < total) sockets.at(-1).terminate();
+      // Every 40 messages, once the client has them, its connection is cut
+      // without a close frame while the publishing goes on.
+      if (n % 40 === 0 && n < total) {
+        await within(reached.promise, `message ${awaited}`);
+        sockets.at(-1).terminate();
+      }
+      if (n % 40 === 39) {
+        reached = deferred();
+        awaited = n + 1;
+      }
     }
-    await within(done.promise, `all ${total} messages`);
-    assert.ok(sockets.length > 1, 'the client reconnected');
+    awaited = total;
+    reached = deferred();
+    if (received.at(-1) !== total) await within(reached.promise, `all ${total} messages`);
+    assert.equal(sockets.length, total / 40, 'one connection per drop, plus the first');
     assert.deepEqual(received, Array.from({ length: total - 1 }, (_, i) => i + 2), 'offsets 2..total, once each, in order');
     assert.deepEqual(gaps, []);
     assert.equal(sub.position.offset, total);
