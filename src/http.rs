@@ -76,10 +76,8 @@ fn plain(status: StatusCode, text: &'static str) -> Body {
     response
 }
 
-fn json(status: StatusCode, value: &impl serde::Serialize) -> Body {
-    // Serializing plain data into a String cannot fail.
-    let text = serde_json::to_string(value).unwrap_or_default();
-    let mut response = Response::new(text.into());
+fn json(status: StatusCode, value: &serde_json::Value) -> Body {
+    let mut response = Response::new(value.to_string().into());
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -210,23 +208,13 @@ async fn publish_reply(authorization: Option<String>, body: &[u8], shared: &Shar
         .await
     {
         Ok(Some(position)) => {
-            /// The recorded position, fields in the documented order.
-            #[derive(serde::Serialize)]
-            struct Recorded<'a> {
-                offset: u64,
-                epoch: &'a str,
-            }
-            let recorded = Recorded {
-                offset: position.offset,
-                epoch: &position.epoch,
-            };
-            json(StatusCode::OK, &recorded)
-        }
-        Ok(None) => {
-            let mut response = Response::new(Bytes::new().into());
-            *response.status_mut() = StatusCode::NO_CONTENT;
+            // By hand, for the documented field order (serde_json sorts keys).
+            let (offset, epoch) = (position.offset, serde_json::Value::from(&*position.epoch));
+            let mut response = json(StatusCode::OK, &serde_json::Value::Null);
+            *response.body_mut() = format!(r#"{{"offset":{offset},"epoch":{epoch}}}"#).into();
             response
         }
+        Ok(None) => plain(StatusCode::NO_CONTENT, ""),
         Err(err) => {
             // The broker's errors name the Redis by address, never with
             // the URL's password, and not in a client library's words.

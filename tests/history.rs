@@ -626,3 +626,48 @@ async fn a_subscriber_after_the_first_record_receives_live_on_a_threaded_runtime
     }
     expect_run(&mut c, "t-mt", 2, 20).await;
 }
+
+#[tokio::test]
+async fn recovery_works_through_another_replica_after_one_is_sigkilled() {
+    let redis = RedisServer::start();
+    let dir = temp_dir("history-sigkill");
+    let port = free_port();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nbind = \"127.0.0.1:{port}\"\n[redis]\nurl = \"{}\"\n\
+             [auth]\nmode = \"bypass\"\n[acl]\ndefault = \"allow\"\n",
+            redis.url()
+        ),
+    )
+    .expect("write the config");
+    let mut killed = GatewayProcess::spawn(&config, &[]);
+    killed.wait_for_line("redis connected").await;
+    killed.drain_log();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    let mut c = Client::connect(addr).await;
+    c.subscribed("t-killed").await;
+    let mut conn = redis.connection().await;
+    for n in 1..=2 {
+        fcall(&mut conn, "t-killed", &n.to_string()).await;
+    }
+    let epoch = expect_run(&mut c, "t-killed", 1, 2).await;
+    killed.signal("KILL");
+    let _ = killed.child.wait().await;
+
+    for n in 3..=5 {
+        fcall(&mut conn, "t-killed", &n.to_string()).await;
+    }
+    let other = start_gateway(history_config(&redis, "")).await;
+    let mut c = client(other.addr).await;
+    let reply = subscribe_since(
+        &mut c,
+        "t-killed",
+        Some(json!({"epoch": epoch, "offset": 2})),
+    )
+    .await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(reply["offset"], 5, "{reply}");
+    expect_run(&mut c, "t-killed", 3, 5).await;
+}
