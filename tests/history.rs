@@ -671,3 +671,84 @@ async fn recovery_works_through_another_replica_after_one_is_sigkilled() {
     assert_eq!(reply["offset"], 5, "{reply}");
     expect_run(&mut c, "t-killed", 3, 5).await;
 }
+
+/// Adds a replica of node `master` to `cluster` (`redis-cli --cluster add-node`).
+fn join_replica(cluster: &mut RedisCluster, master: usize) -> usize {
+    let node = cluster.add_node();
+    common::cluster::redis_cli(&[
+        "--cluster".to_string(),
+        "add-node".to_string(),
+        format!("127.0.0.1:{}", cluster.nodes[node].port),
+        format!("127.0.0.1:{}", cluster.nodes[0].port),
+        "--cluster-slave".to_string(),
+        "--cluster-master-id".to_string(),
+        cluster.node_id(master),
+    ]);
+    node
+}
+
+#[tokio::test]
+async fn recovery_and_live_delivery_go_on_across_a_cluster_failover() {
+    let mut cluster = RedisCluster::start(3).await;
+    let replica = join_replica(&mut cluster, 0);
+    eventually("the replica in sync with node 0", || async {
+        cluster
+            .cli(replica, &["INFO", "replication"])
+            .contains("master_link_status:up")
+    })
+    .await;
+    cluster.wait_until_ok().await;
+    let gateway = start_gateway(cluster.gateway_config("")).await;
+    let topic = cluster.topic_per_shard("t-failover")[0].clone();
+    let publish = |n: u64| {
+        let answer = cluster.cli(
+            1,
+            &[
+                "-c",
+                "FCALL",
+                "topicgate_publish",
+                "1",
+                &topic,
+                &n.to_string(),
+            ],
+        );
+        assert_eq!(answer.trim(), n.to_string(), "offsets go on in one epoch");
+    };
+    let mut c = client(gateway.addr).await;
+    c.subscribed(&topic).await;
+    publish(1);
+    let epoch = expect_run(&mut c, &topic, 1, 1).await;
+    c.close().await;
+    publish(2);
+
+    // A manual failover waits for the replica to catch up: nothing is lost.
+    cluster.cli(replica, &["CLUSTER", "FAILOVER"]);
+    eventually("the replica promoted", || async {
+        cluster.cli(replica, &["ROLE"]).starts_with("master")
+    })
+    .await;
+    publish(3);
+    let mut c = client(gateway.addr).await;
+    let since = json!({"epoch": epoch, "offset": 1});
+    // Until the gateway has followed the slot to the promoted node, a
+    // subscribe there answers `unavailable`: poll Redis's side of it.
+    let mut attempts = 0;
+    let reply = loop {
+        let reply = subscribe_since(&mut c, &topic, Some(since.clone())).await;
+        if reply["error"] != "unavailable" {
+            break reply;
+        }
+        attempts += 1;
+        assert!(attempts < 500, "still unavailable: {reply}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(reply["offset"], 3, "{reply}");
+    expect_run(&mut c, &topic, 2, 3).await;
+    eventually("the topic SSUBSCRIBEd on the promoted node", || async {
+        cluster.shard_numsub(replica, &topic) == 1
+    })
+    .await;
+    publish(4);
+    expect_run(&mut c, &topic, 4, 4).await;
+}
