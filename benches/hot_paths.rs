@@ -15,7 +15,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use serde_json::{Map, Value, json};
 use topicgate::Metrics;
 use topicgate::hot_paths::{
-    self as protocol, Acl, ClientHandle, Deliver, Delivery, Frame, Hub, Identity, MemoryBroker,
+    self as protocol, Acl, ClientHandle, Deliver, Delivery, Hub, Identity, Join, MemoryBroker,
     RawAcl, RawRule, Registry, SendQueue,
 };
 
@@ -123,7 +123,7 @@ fn encode(c: &mut Criterion) {
     for (name, payload) in [("small_json", &small), ("1kib_json", &kib), ("text", &text)] {
         group.throughput(Throughput::Bytes(payload.len() as u64));
         group.bench_function(name, |b| {
-            b.iter(|| protocol::encode_delivery(black_box("chat-room"), black_box(payload)))
+            b.iter(|| protocol::encode_delivery(black_box("chat-room"), black_box(payload), None))
         });
     }
     group.finish();
@@ -142,7 +142,7 @@ fn subscribed(n: usize, topic: &str) -> (Arc<Registry>, Vec<Arc<SendQueue>>) {
     runtime.block_on(async {
         for id in 0..n as u64 {
             let client = ClientHandle::new(id, 8);
-            hub.subscribe(topic, &client, Frame::from_static("{}"))
+            hub.subscribe(topic, &client, Join::default())
                 .await
                 .expect("memory broker subscribes");
             receivers.push(client.queue().clone());

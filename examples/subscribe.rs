@@ -8,6 +8,8 @@
 //! # config/config.toml (jwt mode): pass a token
 //! TOKEN=$(target/release/topicgate token --sub alice --config config/config.toml)
 //! cargo run --example subscribe -- --token "$TOKEN" ws://127.0.0.1:3000/ws test-channel
+//! # back after a drop: replay what was recorded after offset 2 of epoch k3x9
+//! cargo run --example subscribe -- --since k3x9:2 ws://127.0.0.1:3000/ws chat-room
 //! ```
 //!
 //! It exits (status 1) when no topic could be subscribed, e.g. without a
@@ -25,9 +27,10 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-const USAGE: &str = "usage: subscribe [--token TOKEN] ws://HOST:PORT/ws TOPIC...\n\
+const USAGE: &str = "usage: subscribe [--token TOKEN] [--since EPOCH:OFFSET] ws://HOST:PORT/ws TOPIC...\n\
                      The token may also come from TOPICGATE_TOKEN; without one, no \
-                     authorization is sent (enough in bypass mode).";
+                     authorization is sent (enough in bypass mode). --since asks every \
+                     topic for the recorded messages after that position.";
 
 type Socket = WebSocketStream<TcpStream>;
 
@@ -35,6 +38,8 @@ struct Args {
     url: String,
     topics: Vec<String>,
     token: Option<String>,
+    /// `since` of every subscribe: the last position seen before a drop.
+    since: Option<Value>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -42,10 +47,15 @@ fn parse_args() -> Result<Args, String> {
         .ok()
         .filter(|t| !t.is_empty());
     let mut positional = Vec::new();
+    let mut since = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--token" => token = Some(args.next().ok_or("--token needs a value")?),
+            "--since" => {
+                let value = args.next().ok_or("--since needs EPOCH:OFFSET")?;
+                since = Some(parse_since(&value)?);
+            }
             "-h" | "--help" => return Err(String::new()),
             _ => positional.push(arg),
         }
@@ -56,7 +66,20 @@ fn parse_args() -> Result<Args, String> {
     if topics.is_empty() {
         return Err("name at least one topic".into());
     }
-    Ok(Args { url, topics, token })
+    Ok(Args {
+        url,
+        topics,
+        token,
+        since,
+    })
+}
+
+/// `EPOCH:OFFSET` -> `{"epoch": EPOCH, "offset": OFFSET}`.
+fn parse_since(value: &str) -> Result<Value, String> {
+    let bad = || format!("--since {value:?}: expected EPOCH:OFFSET, e.g. k3x9:40");
+    let (epoch, offset) = value.rsplit_once(':').ok_or_else(bad)?;
+    let offset: u64 = offset.parse().map_err(|_| bad())?;
+    Ok(json!({"epoch": epoch, "offset": offset}))
 }
 
 /// `ws://host:port/path` -> `host:port` to open the TCP connection to.
@@ -153,11 +176,12 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
     let mut subscribed = 0;
     for (n, topic) in args.topics.iter().enumerate() {
         let id = format!("sub-{n}");
-        send(
-            &mut socket,
-            json!({"action": "subscribe", "session": session, "context": topic, "id": id}),
-        )
-        .await?;
+        let mut request =
+            json!({"action": "subscribe", "session": session, "context": topic, "id": id});
+        if let Some(since) = &args.since {
+            request["since"] = since.clone();
+        }
+        send(&mut socket, request).await?;
         let answer = reply(&mut socket, &id).await?;
         match answer["error"].as_str() {
             Some(error) => eprintln!("subscribe {topic}: {error}: {}", answer["detail"]),

@@ -22,7 +22,7 @@ use load::resolve_path_from;
 pub use load::{load, resolve_path};
 #[cfg(test)]
 use mask::mask_url_password;
-pub use raw::{RawApi, RawBroker, RawConfig, RawLimits, RawRedis, RawServer};
+pub use raw::{RawApi, RawBroker, RawConfig, RawHistory, RawLimits, RawRedis, RawServer};
 
 pub use crate::issues::{ConfigError, Issue};
 
@@ -99,6 +99,21 @@ pub struct Limits {
     pub request_burst: u32,
 }
 
+/// `[history]`, validated: what the broker records per topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct History {
+    /// Messages kept per topic; 0 turns history off.
+    pub size: usize,
+    /// How long a topic's history outlives its last recorded publish.
+    pub ttl: Duration,
+}
+
+/// Largest `history.size`: a stream this long per topic is already more
+/// than a recovery should replay.
+pub const MAX_HISTORY_SIZE: usize = 1_000_000;
+/// Longest `history.ttl_secs`: 30 days.
+pub const MAX_HISTORY_TTL_SECS: u64 = 30 * 24 * 3600;
+
 /// A validated, compiled configuration. Immutable: a reload builds a new one.
 #[derive(Debug)]
 pub struct Config {
@@ -110,6 +125,7 @@ pub struct Config {
     pub api_key: Option<String>,
     pub redis: Redis,
     pub limits: Limits,
+    pub history: History,
     /// ACL rules with their globs compiled.
     pub acl: Acl,
     /// The raw form this was compiled from, for `check` and reload diffs.

@@ -98,6 +98,7 @@ fn readyz(shared: Arc<Shared>) -> impl Filter<Extract = (Body,), Error = warp::R
                 "redis": redis,
                 "broker": broker.kind(),
                 "bypass": config.auth.mode == crate::auth::Mode::Bypass,
+                "history": broker.history_status().as_str(),
                 "connections": shared.connections.count(),
                 "config": {"hash": config.hash, "loaded_at": config.loaded_at},
             });

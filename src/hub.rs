@@ -6,20 +6,32 @@
 //! and the same bytes are pushed to every subscriber's bounded queue with
 //! `try_send`: the hub never waits for a socket, and a full queue closes that
 //! client as a slow consumer (`docs/PROTOCOL.md`) without delaying anyone else.
+//!
+//! Topics with a history add their order (`topic`): a subscriber joins
+//! through a history read that closes the seam between replay and live
+//! delivery (`join`), and a topic whose recorded offsets skip, or whose
+//! broker link came back, reads the missing range first (`catchup`).
 
+mod catchup;
+mod join;
 mod queue;
+mod topic;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
+use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+pub use join::Join;
 pub use queue::{PushError, SendQueue};
 
 use crate::broker::{Broker, BrokerError, Deliver, Delivery};
 use crate::metrics::Metrics;
 use crate::protocol::{Disconnect, Frame, encode_delivery};
+use topic::{Admit, Held, Topic};
 
 /// One queued frame. Deliveries carry their broker arrival time, so the
 /// writer can measure delivery latency when the frame reaches the socket.
@@ -117,26 +129,33 @@ impl ClientHandle {
 /// A session waiting for the broker to confirm a topic's subscription.
 struct Waiter {
     client: ClientHandle,
-    /// The subscribe reply, queued at activation before any delivery.
-    ack: Frame,
+    /// The subscribe reply, queued at activation before any delivery;
+    /// `None` for a client that joins through a history read.
+    ack: Option<Frame>,
     done: oneshot::Sender<Result<(), BrokerError>>,
 }
 
 enum Entry {
     /// The broker subscription is in flight.
     Pending(Vec<Waiter>),
-    /// Confirmed; deliveries go to these clients. Copy-on-write, so a
-    /// delivery clones the `Arc` and fans out without holding the lock.
-    Active(Arc<Vec<ClientHandle>>),
+    /// Confirmed; deliveries go to its clients.
+    Active(Topic),
 }
 
 /// The topic table, shared by the hub (subscribe side) and the broker
 /// (delivery side).
 pub struct Registry {
     /// A std mutex: it is never held across an await, and every critical
-    /// section is a map operation or a `Vec` edit.
+    /// section is a map operation, a `Vec` edit, or (on the rare catch-up
+    /// and join paths) queueing frames without waiting.
     topics: Mutex<HashMap<String, Entry>>,
     metrics: Arc<Metrics>,
+    /// Itself and the broker it reads missing ranges from, set once a hub
+    /// links them; weak, since the broker holds the registry.
+    links: OnceLock<(Weak<Registry>, Weak<dyn Broker>)>,
+    /// Names catch-ups, so a stale one cannot release a newer one's held
+    /// messages.
+    catch_ups: AtomicU64,
 }
 
 impl Registry {
@@ -144,11 +163,17 @@ impl Registry {
         Self {
             topics: Mutex::default(),
             metrics,
+            links: OnceLock::new(),
+            catch_ups: AtomicU64::new(0),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
         crate::sync::lock(&self.topics)
+    }
+
+    fn next_catch_up(&self) -> u64 {
+        self.catch_ups.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Topics with at least one local subscriber or a pending subscribe.
@@ -158,26 +183,62 @@ impl Registry {
 }
 
 impl Deliver for Registry {
-    /// Sends the topic and snapshot; the delivery's position is not part
-    /// of the frame.
+    /// Encodes once and queues the same bytes to every subscriber; a
+    /// recorded message goes out in offset order (`topic`).
     fn deliver(&self, delivery: Delivery<'_>) {
-        let Delivery { topic, payload, .. } = delivery;
+        let Delivery {
+            topic,
+            payload,
+            position,
+        } = delivery;
         let arrived = Instant::now();
-        let subscribers = match self.lock().get(topic) {
-            Some(Entry::Active(subscribers)) => subscribers.clone(),
-            _ => return,
+        let encode = || encode_delivery(topic, payload, position.map(|p| (p.offset, &*p.epoch)));
+        let (subscribers, frame) = {
+            let mut topics = self.lock();
+            let Some(Entry::Active(entry)) = topics.get_mut(topic) else {
+                return;
+            };
+            self.metrics.broker_messages.inc();
+            let hold = || Held {
+                payload: Bytes::copy_from_slice(payload),
+                position: position.cloned(),
+                arrived,
+            };
+            match entry.admit(position, hold, || self.next_catch_up()) {
+                Admit::Deliver => {}
+                Admit::Late => {
+                    if !entry.joining.is_empty() {
+                        entry.buffer(&encode(), position, arrived);
+                    }
+                    return;
+                }
+                Admit::Held => return,
+                Admit::CatchUp(since, id) => {
+                    drop(topics);
+                    self.catch_up(topic.to_string(), since, id);
+                    return;
+                }
+            }
+            let subscribers = entry.subscribers.clone();
+            if entry.joining.is_empty() {
+                (subscribers, None)
+            } else {
+                // Joiners see it in their buffers; those it brings up to
+                // their replay's end go live after this frame's fan-out.
+                let frame = encode();
+                entry.buffer(&frame, position, arrived);
+                entry.promote();
+                (subscribers, Some(frame))
+            }
         };
-        self.metrics.broker_messages.inc();
-        let frame = encode_delivery(topic, payload);
+        let frame = frame.unwrap_or_else(encode);
         let mut dropped = 0;
         for client in subscribers.iter() {
             if !client.enqueue(Outbound::delivery(frame.clone(), arrived)) {
                 dropped += 1;
             }
         }
-        if dropped > 0 {
-            self.metrics.dropped("slow_consumer", dropped);
-        }
+        self.count_dropped(dropped);
     }
 }
 
@@ -190,7 +251,16 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(registry: Arc<Registry>, broker: Arc<dyn Broker>) -> Self {
+        let _ = registry
+            .links
+            .set((Arc::downgrade(&registry), Arc::downgrade(&broker)));
         Self { registry, broker }
+    }
+
+    /// Catches up every live topic each time the broker's link comes back.
+    /// Needs a runtime; once per gateway.
+    pub fn watch_link(&self) {
+        catchup::watch_link(Arc::downgrade(&self.registry), &self.broker);
     }
 
     pub fn broker(&self) -> &Arc<dyn Broker> {
@@ -201,14 +271,14 @@ impl Hub {
         &self.registry
     }
 
-    /// Adds `client` to `topic` once the broker subscription is active, and
-    /// queues `ack` to it before any delivery of the topic. The caller must
-    /// not already hold the topic.
-    pub async fn subscribe(
+    /// Adds `client` to `topic` once the broker subscription is active:
+    /// directly with `ack` queued first, or, for `ack` `None`, as a joining
+    /// client (`join`). The caller must not already hold the topic.
+    async fn enter(
         &self,
         topic: &str,
         client: &ClientHandle,
-        ack: Frame,
+        ack: Option<Frame>,
     ) -> Result<(), BrokerError> {
         let (done, result) = oneshot::channel();
         {
@@ -223,10 +293,15 @@ impl Hub {
                 // is held but not live at Redis: confirming now would promise
                 // deliveries that cannot arrive until the resubscription
                 // (a subscribe is confirmed only once Redis holds the topic).
-                Some(Entry::Active(subscribers)) => {
+                Some(Entry::Active(entry)) => {
                     self.broker.live(topic)?;
-                    client.push(waiter.ack);
-                    Arc::make_mut(subscribers).push(waiter.client);
+                    match waiter.ack {
+                        Some(ack) => {
+                            client.push(ack);
+                            Arc::make_mut(&mut entry.subscribers).push(waiter.client);
+                        }
+                        None => entry.join(waiter.client),
+                    }
                     return Ok(());
                 }
                 Some(Entry::Pending(waiters)) => waiters.push(waiter),
@@ -254,7 +329,7 @@ impl Hub {
         };
         match outcome {
             Ok(()) => {
-                let mut subscribers = Vec::with_capacity(waiters.len());
+                let mut entry = Topic::new(Vec::with_capacity(waiters.len()), Vec::new());
                 for waiter in waiters {
                     // The ack is queued before the session learns of the
                     // success: once it knows, it answers later requests, and
@@ -262,15 +337,20 @@ impl Hub {
                     if waiter.done.is_closed() {
                         continue;
                     }
-                    waiter.client.push(waiter.ack);
+                    if let Some(ack) = &waiter.ack {
+                        waiter.client.push(ack.clone());
+                    }
                     if waiter.done.send(Ok(())).is_ok() {
-                        subscribers.push(waiter.client);
+                        match waiter.ack {
+                            Some(_) => Arc::make_mut(&mut entry.subscribers).push(waiter.client),
+                            None => entry.join(waiter.client),
+                        }
                     }
                 }
-                if subscribers.is_empty() {
+                if entry.is_empty() {
                     self.broker.unsubscribe(topic);
                 } else {
-                    topics.insert(topic.to_string(), Entry::Active(Arc::new(subscribers)));
+                    topics.insert(topic.to_string(), Entry::Active(entry));
                 }
             }
             Err(err) => {
@@ -287,9 +367,9 @@ impl Hub {
     pub fn unsubscribe(&self, topic: &str, id: u64) {
         let mut topics = self.registry.lock();
         let now_empty = match topics.get_mut(topic) {
-            Some(Entry::Active(subscribers)) => {
-                Arc::make_mut(subscribers).retain(|c| c.id != id);
-                subscribers.is_empty()
+            Some(Entry::Active(entry)) => {
+                entry.remove(id);
+                entry.is_empty()
             }
             Some(Entry::Pending(waiters)) => {
                 waiters.retain(|w| w.client.id != id);

@@ -64,8 +64,8 @@ pub use config::watch::{
     Outcome as ReloadOutcome, Reloader, Watcher as ConfigWatcher, spawn as watch_config,
 };
 pub use config::{
-    Config, ConfigError, LogFormat, RawApi, RawBroker, RawConfig, RawLimits, RawRedis, RawServer,
-    load as load_config, resolve_path as resolve_config_path,
+    Config, ConfigError, LogFormat, RawApi, RawBroker, RawConfig, RawHistory, RawLimits, RawRedis,
+    RawServer, load as load_config, resolve_path as resolve_config_path,
 };
 pub use metrics::Metrics;
 pub use server::{Gateway, Publisher};
@@ -79,7 +79,7 @@ pub mod hot_paths {
     pub use crate::auth::Identity;
     pub use crate::broker::memory::MemoryBroker;
     pub use crate::broker::{Deliver, Delivery};
-    pub use crate::hub::{ClientHandle, Hub, Registry, SendQueue};
+    pub use crate::hub::{ClientHandle, Hub, Join, Registry, SendQueue};
     pub use crate::protocol::{Frame, decode, encode_delivery, validate_topic};
 }
 

@@ -14,6 +14,8 @@ use prometheus::{
 pub const DROP_REASONS: [&str; 2] = ["slow_consumer", "closed"];
 /// Codes counted by `auth_failures_total`.
 pub const AUTH_CODES: [&str; 3] = ["invalid_token", "unauthenticated", "auth_timeout"];
+/// Results counted by `recoveries_total`.
+pub const RECOVERY_RESULTS: [&str; 2] = ["recovered", "not_recovered"];
 
 pub struct Metrics {
     registry: Registry,
@@ -36,6 +38,12 @@ pub struct Metrics {
     pub redis_reconnects: IntCounter,
     /// From a message's arrival from the broker to its frame being written.
     pub delivery_latency: Histogram,
+    /// Subscribes with `since`, by whether the range was replayed.
+    pub recoveries: IntCounterVec,
+    /// Messages replayed to recovering subscribers.
+    pub recovered_messages: IntCounter,
+    /// `gap` frames' occasions: a topic's missing range was gone.
+    pub history_gaps: IntCounter,
 }
 
 impl Default for Metrics {
@@ -125,6 +133,20 @@ impl Metrics {
                 "topicgate_redis_reconnects_total",
                 "Times the Redis Pub/Sub connection was re-established.",
             ),
+            recoveries: labelled(
+                "topicgate_recoveries_total",
+                "Subscribes with since, by whether the missed messages were replayed.",
+                "result",
+                &RECOVERY_RESULTS,
+            ),
+            recovered_messages: counter(
+                "topicgate_recovered_messages_total",
+                "Recorded messages replayed to recovering subscribers.",
+            ),
+            history_gaps: counter(
+                "topicgate_history_gaps_total",
+                "Times a topic's missing range was gone and its subscribers got a gap frame.",
+            ),
             delivery_latency,
             registry,
         }
@@ -144,6 +166,11 @@ impl Metrics {
         self.frames_dropped
             .with_label_values(&[reason])
             .inc_by(frames);
+    }
+
+    pub fn recovery(&self, recovered: bool) {
+        let result = RECOVERY_RESULTS[usize::from(!recovered)];
+        self.recoveries.with_label_values(&[result]).inc();
     }
 
     pub fn auth_failure(&self, code: &str) {

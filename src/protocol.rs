@@ -17,9 +17,10 @@ mod request;
 
 pub use error::{Disconnect, ErrorCode};
 pub use frame::{
-    Frame, decode_failure, encode_delivery, expired, failure, greeting, revoked, success,
+    Frame, decode_failure, encode_delivery, expired, failure, gap, greeting, revoked, subscribed,
+    success,
 };
-pub use request::{Action, DecodeError, Id, Request, decode, validate_topic};
+pub use request::{Action, DecodeError, Id, Request, Since, decode, validate_topic};
 
 #[cfg(test)]
 mod tests;

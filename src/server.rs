@@ -53,12 +53,14 @@ impl Gateway {
             &config,
             registry.clone(),
             metrics.clone(),
-            Default::default(),
+            (&config.history).into(),
         );
+        let hub = Arc::new(Hub::new(registry, broker));
+        hub.watch_link();
         let (config_tx, config_rx) = watch::channel(config);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
-            hub: Arc::new(Hub::new(registry, broker)),
+            hub,
             config: config_rx,
             shutdown: shutdown_rx.clone(),
             connections: Arc::new(Connections::new(metrics.connections.clone())),

@@ -92,7 +92,7 @@ proptest! {
 
     #[test]
     fn any_payload_encodes_to_a_valid_delivery(topic in "\\PC{1,40}", payload in prop::collection::vec(any::<u8>(), 0..200)) {
-        let frame = protocol::encode_delivery(&topic, &payload);
+        let frame = protocol::encode_delivery(&topic, &payload, None);
         let value: Value = serde_json::from_str(&frame).expect("delivery is JSON");
         prop_assert_eq!(&value["topic"], &json!(topic));
         prop_assert_eq!(value.as_object().map(|o| o.len()), Some(3));

@@ -27,9 +27,11 @@ async fn publish_endpoint_delivers(redis: Option<&RedisServer>) {
     ];
     for (body, snapshot) in cases {
         let (status, text) = post_publish(gateway.addr, Some(KEY), &body.to_string()).await;
-        assert_eq!(status, 204, "{body} -> {text}");
+        // Recorded (history is on by default): 200 with the position.
+        assert_eq!(status, 200, "{body} -> {text}");
+        assert!(text.contains(r#""offset":"#), "{text}");
         assert_eq!(
-            c.recv().await,
+            unpositioned(c.recv().await),
             json!({"action":"message","topic":"test-http","snapshot":snapshot})
         );
     }
@@ -143,7 +145,11 @@ async fn publish_command_posts_to_a_running_gateway() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "published\n");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.starts_with("published at offset 1 (epoch "),
+        "{printed}"
+    );
     assert_eq!(c.recv().await["snapshot"], json!({"info":"Hello"}));
     let out = run("plain words", KEY).await.unwrap();
     assert!(out.status.success());

@@ -26,7 +26,14 @@ struct Harness {
 impl Harness {
     async fn new(kind: Kind, extra: &str) -> Self {
         let redis = matches!(kind, Kind::Redis).then(RedisServer::start);
-        let gateway = start_gateway(base_config(redis.as_ref(), extra)).await;
+        // The memory broker records every publish unless history is off;
+        // these tests compare unrecorded deliveries (tests/history.rs has
+        // the recorded ones), as PUBLISH gives on Redis.
+        let extra = match kind {
+            Kind::Memory => format!("{extra}\n[history]\nsize = 0\n"),
+            Kind::Redis => extra.to_string(),
+        };
+        let gateway = start_gateway(base_config(redis.as_ref(), &extra)).await;
         let publisher = match &redis {
             Some(redis) => Some(redis.connection().await),
             None => None,

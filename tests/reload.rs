@@ -98,7 +98,7 @@ async fn tightened_acl_revokes_live_subscriptions_it_no_longer_allows() {
     live.publish("chat-a", "\"revoked topic\"").await;
     live.publish("test-b", "\"kept topic\"").await;
     assert_eq!(
-        c.recv().await,
+        unpositioned(c.recv().await),
         json!({"action":"message","topic":"test-b","snapshot":"kept topic"})
     );
     assert_eq!(c.subscribe("chat-a").await["error"], "forbidden");

@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let frame = topicgate::hot_paths::encode_delivery("fuzz-topic", data);
+    let frame = topicgate::hot_paths::encode_delivery("fuzz-topic", data, None);
     let value: serde_json::Value = match serde_json::from_str(&frame) {
         Ok(value) => value,
         Err(err) => panic!("invalid delivery JSON ({err}): {frame}"),

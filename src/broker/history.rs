@@ -41,6 +41,15 @@ impl Default for HistorySettings {
     }
 }
 
+impl From<&crate::config::History> for HistorySettings {
+    fn from(history: &crate::config::History) -> Self {
+        Self {
+            size: history.size,
+            ttl: history.ttl,
+        }
+    }
+}
+
 /// Whether a broker records publishes now, for `/readyz`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HistoryStatus {

@@ -192,6 +192,12 @@ impl Broker for MemoryBroker {
         ready(Ok(range)).boxed()
     }
 
+    fn reconfigure(&self, config: &crate::config::Config) {
+        let mut histories = lock(&self.histories);
+        histories.size = config.history.size;
+        histories.ttl = config.history.ttl;
+    }
+
     fn ready(&self) -> watch::Receiver<bool> {
         self.ready.subscribe()
     }

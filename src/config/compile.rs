@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use super::load::toml_issue;
 use super::mask::mask_url_password;
-use super::{BrokerKind, Config, ConfigError, Issue, Limits, LogFormat, RawConfig, Redis, Server};
+use super::{
+    BrokerKind, Config, ConfigError, History, Issue, Limits, LogFormat, MAX_HISTORY_SIZE,
+    MAX_HISTORY_TTL_SECS, RawConfig, Redis, Server,
+};
 use crate::acl::Acl;
 use crate::auth::Authenticator;
 use crate::issues::check_secs;
@@ -51,6 +54,7 @@ impl RawConfig {
         };
         let redis = self.compile_redis(broker, &mut issues);
         let limits = self.compile_limits(&mut issues);
+        let history = self.compile_history(&mut issues);
         let auth = Authenticator::compile(&self.auth, base_dir).map_err(|mut found| {
             issues.append(&mut found);
         });
@@ -63,6 +67,7 @@ impl RawConfig {
                 api_key: (!self.api.key.is_empty()).then(|| self.api.key.clone()),
                 redis,
                 limits,
+                history,
                 acl,
                 raw: self.clone(),
                 hash: self.fingerprint(),
@@ -208,6 +213,26 @@ impl RawConfig {
             max_connections: l.max_connections,
             requests_per_sec: l.requests_per_sec,
             request_burst: l.request_burst,
+        }
+    }
+
+    fn compile_history(&self, issues: &mut Vec<Issue>) -> History {
+        let h = &self.history;
+        if h.size > MAX_HISTORY_SIZE {
+            issues.push(Issue::new(
+                "history.size",
+                format!("must be at most {MAX_HISTORY_SIZE} (0 turns history off)"),
+            ));
+        }
+        if !(1..=MAX_HISTORY_TTL_SECS).contains(&h.ttl_secs) {
+            issues.push(Issue::new(
+                "history.ttl_secs",
+                format!("must be 1 to {MAX_HISTORY_TTL_SECS}"),
+            ));
+        }
+        History {
+            size: h.size,
+            ttl: Duration::from_secs(h.ttl_secs),
         }
     }
 

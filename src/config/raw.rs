@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub api: RawApi,
     pub redis: RawRedis,
     pub limits: RawLimits,
+    pub history: RawHistory,
     pub acl: RawAcl,
 }
 
@@ -113,6 +114,22 @@ impl Default for RawLimits {
             max_connections: 100_000,
             requests_per_sec: 100,
             request_burst: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawHistory {
+    pub size: usize,
+    pub ttl_secs: u64,
+}
+
+impl Default for RawHistory {
+    fn default() -> Self {
+        Self {
+            size: 100,
+            ttl_secs: 300,
         }
     }
 }

@@ -180,7 +180,14 @@ async fn publish(body: &[u8], shared: &Shared) -> Body {
         .publish(&request.topic, payload.into())
         .await
     {
-        Ok(_position) => {
+        Ok(Some(position)) => {
+            // By hand, for the documented field order (serde_json sorts keys).
+            let (offset, epoch) = (position.offset, serde_json::Value::from(&*position.epoch));
+            let mut response = json(StatusCode::OK, &serde_json::Value::Null);
+            *response.body_mut() = format!(r#"{{"offset":{offset},"epoch":{epoch}}}"#).into();
+            response
+        }
+        Ok(None) => {
             let mut response = Response::new(Bytes::new().into());
             *response.status_mut() = StatusCode::NO_CONTENT;
             response

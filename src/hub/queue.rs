@@ -85,6 +85,11 @@ impl SendQueue {
         }
     }
 
+    /// Most frames waiting at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every critical section leaves the state whole, even on a panic.
         crate::sync::lock(&self.state)

@@ -25,8 +25,17 @@ pub struct Reply<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<&'a Id>,
 }
+
+/// A position in a topic's history as frames carry it: offset and epoch.
+pub type Mark<'a> = (u64, &'a str);
 
 pub fn encode(reply: &Reply<'_>) -> Frame {
     match serde_json::to_string(reply) {
@@ -61,6 +70,43 @@ pub fn success(action: Action, context: &str, id: Option<&Id>) -> Frame {
         message,
         context,
         id,
+        ..Reply::default()
+    })
+}
+
+/// Success reply to a subscribe of a topic that has a history
+/// (docs/PROTOCOL.md, "Positions and recovery"): the position live delivery
+/// starts after, and with `since` whether the missed range follows
+/// (`detail` says why not).
+pub fn subscribed(
+    topic: &str,
+    id: Option<&Id>,
+    position: Option<Mark<'_>>,
+    recovered: Option<bool>,
+    detail: Option<&str>,
+) -> Frame {
+    encode(&Reply {
+        action: "subscribe",
+        message: "context subscribed",
+        context: Some(topic),
+        detail,
+        offset: position.map(|(offset, _)| offset),
+        epoch: position.map(|(_, epoch)| epoch),
+        recovered,
+        id,
+        ..Reply::default()
+    })
+}
+
+/// A topic's missing range is gone: delivery goes on after `position`
+/// (docs/PROTOCOL.md, "Positions and recovery").
+pub fn gap(topic: &str, position: Mark<'_>) -> Frame {
+    encode(&Reply {
+        action: "gap",
+        message: "history lost",
+        context: Some(topic),
+        offset: Some(position.0),
+        epoch: Some(position.1),
         ..Reply::default()
     })
 }
@@ -127,8 +173,9 @@ pub fn expired() -> Frame {
 
 /// Encodes a broker message into its delivery frame (docs/PROTOCOL.md,
 /// "Delivery"), once per replica.
-/// `snapshot` is the payload itself when it is valid JSON, else a JSON string.
-pub fn encode_delivery(topic: &str, payload: &[u8]) -> Frame {
+/// `snapshot` is the payload itself when it is valid JSON, else a JSON string;
+/// a recorded message adds its `offset` and `epoch`.
+pub fn encode_delivery(topic: &str, payload: &[u8], position: Option<Mark<'_>>) -> Frame {
     const HEAD: &str = r#"{"action":"message","topic":"#;
     let mut out = String::with_capacity(HEAD.len() + topic.len() + payload.len() + 24);
     out.push_str(HEAD);
@@ -138,6 +185,12 @@ pub fn encode_delivery(topic: &str, payload: &[u8]) -> Frame {
         Ok(text) if is_strict_json(text) => out.push_str(text.trim_matches(JSON_WHITESPACE)),
         Ok(text) => push_json_string(&mut out, text),
         Err(_) => push_json_string(&mut out, &String::from_utf8_lossy(payload)),
+    }
+    if let Some((offset, epoch)) = position {
+        out.push_str(r#","offset":"#);
+        out.push_str(&offset.to_string());
+        out.push_str(r#","epoch":"#);
+        push_json_string(&mut out, epoch);
     }
     out.push('}');
     Frame::from(out)

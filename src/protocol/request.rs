@@ -49,6 +49,16 @@ pub struct Request {
     /// The token for `authorization`, the topic otherwise.
     pub context: String,
     pub id: Option<Id>,
+    /// A subscribe's `since`: the last position the client saw.
+    pub since: Option<Since>,
+}
+
+/// The position a recovering subscribe names (docs/PROTOCOL.md,
+/// "Positions and recovery").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    pub epoch: String,
+    pub offset: u64,
 }
 
 /// A request that could not be decoded; answered with action `error`.
@@ -70,6 +80,8 @@ struct RawRequest<'a> {
     context: Option<Cow<'a, str>>,
     #[serde(default)]
     id: Option<Value>,
+    #[serde(default)]
+    since: Option<Value>,
 }
 
 /// Decodes one text frame.
@@ -130,12 +142,41 @@ pub fn decode(text: &str) -> Result<Request, DecodeError> {
     };
     let session = field("session", raw.session, &id)?;
     let context = field("context", raw.context, &id)?;
+    // Only a subscribe reads `since`; other actions ignore it like any
+    // unknown field.
+    let since = match (action, raw.since) {
+        (Action::Subscribe, Some(value)) => {
+            since(value).map_err(|detail| bad(detail, id.clone()))?
+        }
+        _ => None,
+    };
     Ok(Request {
         action,
         session,
         context,
         id,
+        since,
     })
+}
+
+/// `since` must be `{"epoch": string, "offset": integer >= 0}`; `null` is
+/// the same as no `since`.
+fn since(value: Value) -> Result<Option<Since>, String> {
+    const SHAPE: &str = r#"since must be {"epoch": string, "offset": integer >= 0}"#;
+    let object = match value {
+        Value::Null => return Ok(None),
+        Value::Object(object) => object,
+        _ => return Err(SHAPE.into()),
+    };
+    let epoch = match object.get("epoch") {
+        Some(Value::String(epoch)) => epoch.clone(),
+        _ => return Err(SHAPE.into()),
+    };
+    let offset = object
+        .get("offset")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| SHAPE.to_string())?;
+    Ok(Some(Since { epoch, offset }))
 }
 
 /// Checks a topic (docs/PROTOCOL.md, "Requests"): 1–256 bytes, no control

@@ -28,6 +28,7 @@ fn request(action: Action, session: &str, context: &str, id: Option<Id>) -> Requ
         session: session.into(),
         context: context.into(),
         id,
+        since: None,
     }
 }
 
@@ -675,7 +676,7 @@ fn every_error_code_is_distinct_snake_case() {
 
 /// Decodes a delivery frame, checking its exact field set and topic.
 fn delivery(topic: &str, payload: &[u8]) -> Value {
-    let frame = encode_delivery(topic, payload);
+    let frame = encode_delivery(topic, payload, None);
     let mut map = object(&frame);
     assert_eq!(keys(&map), ["action", "snapshot", "topic"], "{frame}");
     assert_eq!(map["action"], "message", "{frame}");
@@ -686,7 +687,7 @@ fn delivery(topic: &str, payload: &[u8]) -> Value {
 #[test]
 fn delivery_matches_the_spec_example() {
     assert_eq!(
-        encode_delivery("chat-room", br#"{"info":"Hello from Redis"}"#).as_str(),
+        encode_delivery("chat-room", br#"{"info":"Hello from Redis"}"#, None).as_str(),
         r#"{"action":"message","topic":"chat-room","snapshot":{"info":"Hello from Redis"}}"#
     );
 }
@@ -725,7 +726,7 @@ fn delivery_embeds_json_payloads_as_json() {
 #[test]
 fn delivery_keeps_the_payload_text_of_json() {
     // Embedded as published: numbers keep their exact form, key order stays.
-    let frame = encode_delivery("t", br#"{"z":1.50,"a":12345678901234567890123}"#);
+    let frame = encode_delivery("t", br#"{"z":1.50,"a":12345678901234567890123}"#, None);
     assert!(
         frame
             .as_str()
@@ -737,7 +738,7 @@ fn delivery_keeps_the_payload_text_of_json() {
 #[test]
 fn delivery_trims_surrounding_json_whitespace() {
     for payload in [" {\"a\":1} ", "\n\t{\"a\":1}\r\n", "  {\"a\":1}"] {
-        let frame = encode_delivery("t", payload.as_bytes());
+        let frame = encode_delivery("t", payload.as_bytes(), None);
         assert!(
             frame.as_str().ends_with(r#""snapshot":{"a":1}}"#),
             "{frame}"
@@ -1067,7 +1068,86 @@ fn fuzz_decode_and_encode_delivery_never_panic_and_stay_valid_json() {
 #[test]
 fn a_frame_is_a_four_word_handle_whose_clones_share_the_bytes() {
     assert_eq!(size_of::<Frame>(), 4 * size_of::<usize>());
-    let frame = encode_delivery("chat", br#"{"text":"hello"}"#);
+    let frame = encode_delivery("chat", br#"{"text":"hello"}"#, None);
     let queued = frame.clone();
     assert_eq!(queued.as_str().as_ptr(), frame.as_str().as_ptr());
+}
+
+// ---- history: since, positions, gap ----
+
+#[test]
+fn a_subscribe_carries_its_since() {
+    let request = decode(
+        r#"{"action":"subscribe","session":"s","context":"t","since":{"epoch":"k3x9","offset":40}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        request.since,
+        Some(Since {
+            epoch: "k3x9".into(),
+            offset: 40
+        })
+    );
+    let request =
+        decode(r#"{"action":"subscribe","session":"s","context":"t","since":null}"#).unwrap();
+    assert_eq!(request.since, None);
+}
+
+#[test]
+fn a_since_of_bad_shape_is_a_bad_request() {
+    for since in [
+        r#""k3x9:40""#,
+        r#"{"epoch":"k3x9"}"#,
+        r#"{"offset":40}"#,
+        r#"{"epoch":7,"offset":40}"#,
+        r#"{"epoch":"k3x9","offset":-1}"#,
+        r#"{"epoch":"k3x9","offset":1.5}"#,
+        r#"{"epoch":"k3x9","offset":"40"}"#,
+        r#"[1,2]"#,
+    ] {
+        let text = format!(
+            r#"{{"action":"subscribe","session":"s","context":"t","id":3,"since":{since}}}"#
+        );
+        let err = decode(&text).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest, "{since}");
+        assert_eq!(err.id, Some(Id::Num(3.into())), "{since}");
+    }
+}
+
+#[test]
+fn other_actions_ignore_since() {
+    let request =
+        decode(r#"{"action":"unsubscribe","session":"s","context":"t","since":"junk"}"#).unwrap();
+    assert_eq!(request.since, None);
+}
+
+#[test]
+fn a_recorded_delivery_adds_offset_and_epoch() {
+    assert_eq!(
+        encode_delivery("chat-room", br#"{"text":"hi"}"#, Some((42, "k3x9"))).as_str(),
+        r#"{"action":"message","topic":"chat-room","snapshot":{"text":"hi"},"offset":42,"epoch":"k3x9"}"#
+    );
+}
+
+#[test]
+fn a_subscribe_reply_carries_exactly_the_history_fields_given() {
+    assert_frame(
+        &subscribed("t", None, Some((7, "e1")), None, None),
+        json!({"action":"subscribe","message":"context subscribed","context":"t","epoch":"e1","offset":7}),
+    );
+    assert_frame(
+        &subscribed(
+            "t",
+            Some(&Id::Num(1.into())),
+            Some((7, "e1")),
+            Some(false),
+            Some("why"),
+        ),
+        json!({"action":"subscribe","message":"context subscribed","context":"t","epoch":"e1",
+               "offset":7,"recovered":false,"detail":"why","id":1}),
+    );
+    assert_frame(
+        &gap("t", (3, "e2")),
+        json!({"action":"gap","message":"history lost","context":"t","epoch":"e2","offset":3}),
+    );
 }

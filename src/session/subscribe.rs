@@ -1,8 +1,11 @@
 //! `subscribe` and `unsubscribe` (docs/PROTOCOL.md, Requests): checked
-//! against the session's policy, then held at the hub.
+//! against the session's policy, then held at the hub, which answers a
+//! subscribe with the topic's position and replays from its `since`
+//! (docs/PROTOCOL.md, "Positions and recovery").
 
 use super::Session;
 use crate::acl::Decision;
+use crate::hub::Join;
 use crate::protocol::{self, ErrorCode, Request};
 
 impl Session {
@@ -49,8 +52,11 @@ impl Session {
             self.fail(request, ErrorCode::LimitExceeded, &detail);
             return;
         }
-        let ack = protocol::success(request.action, topic, request.id.as_ref());
-        match self.hub.subscribe(topic, &self.client, ack).await {
+        let join = Join {
+            id: request.id.as_ref(),
+            since: request.since.as_ref(),
+        };
+        match self.hub.subscribe(topic, &self.client, join).await {
             Ok(()) => {
                 self.topics.insert(topic.clone());
                 self.metrics.subscriptions.inc();

@@ -198,3 +198,90 @@ test('a config reload that removes a topic from the ACL revokes its subscription
   await redis.command('PUBLISH', 'chat-1', '"still here"');
   assert.equal(await chat.next(), 'still here');
 });
+
+describe('history and recovery against the real gateway', () => {
+  /** `FCALL topicgate_publish` of `{n}` on `topic`, as a backend records. */
+  const fcall = (topic, n) => redis.command('FCALL', 'topicgate_publish', '1', topic, JSON.stringify({ n }));
+
+  /** A WebSocket class that keeps every socket it opens, to cut them. */
+  function trackedWebSocket() {
+    const sockets = [];
+    class Tracked extends WebSocket {
+      constructor(url) {
+        super(url);
+        sockets.push(this);
+      }
+    }
+    return { Tracked, sockets };
+  }
+
+  test('zero loss and zero duplicates through repeated forced drops while Redis records continuously', async () => {
+    // A history deep enough for the whole run: a reconnect never falls out of it.
+    const gw = await gateway(`${ACL}[history]\nsize = 1000\n`);
+    const { Tracked, sockets } = trackedWebSocket();
+    const c = client(gw.url, { token: signToken({ sub: 'ivan' }), WebSocket: Tracked });
+    await c.connect();
+    const topic = 'chat-drops-real';
+    const total = 200;
+    assert.equal(await fcall(topic, 1), 1);
+    const received = [];
+    let reached = deferred();
+    let awaited = 0;
+    const sub = await c.subscribe(topic, (data, ctx) => {
+      assert.equal(ctx.offset, data.n);
+      received.push(data.n);
+      if (data.n >= awaited) reached.resolve();
+    });
+    const gaps = [];
+    sub.on('gap', (gap) => gaps.push(gap));
+    for (let n = 2; n <= total; n++) {
+      assert.equal(await fcall(topic, n), n);
+      // Every 40 messages, once the client has them, its connection is cut
+      // without a close frame while the publishing goes on.
+      if (n % 40 === 0 && n < total) {
+        await within(reached.promise, `message ${awaited}`);
+        sockets.at(-1).terminate();
+      }
+      if (n % 40 === 39) {
+        reached = deferred();
+        awaited = n + 1;
+      }
+    }
+    awaited = total;
+    reached = deferred();
+    if (received.at(-1) !== total) await within(reached.promise, `all ${total} messages`);
+    assert.equal(sockets.length, total / 40, 'one connection per drop, plus the first');
+    assert.deepEqual(received, Array.from({ length: total - 1 }, (_, i) => i + 2), 'offsets 2..total, once each, in order');
+    assert.deepEqual(gaps, []);
+    assert.equal(sub.position.offset, total);
+  });
+
+  test('gap when the missed messages were trimmed from the history', async () => {
+    const gw = await gateway(`${ACL}[history]\nsize = 3\n`);
+    const { Tracked, sockets } = trackedWebSocket();
+    const reconnect = deferred();
+    let calls = 0;
+    // The reconnect waits for its token until more than `size` messages are recorded.
+    const token = async () => {
+      calls += 1;
+      if (calls > 1) await reconnect.promise;
+      return signToken({ sub: 'judy' });
+    };
+    const c = client(gw.url, { token, WebSocket: Tracked });
+    await c.connect();
+    const topic = 'chat-trimmed';
+    assert.equal(await fcall(topic, 1), 1);
+    const received = new Queue();
+    const sub = await c.subscribe(topic, (data) => received.push(data.n));
+    assert.equal(await fcall(topic, 2), 2);
+    assert.equal(await received.next(), 2);
+    const gap = nextEvent(sub, 'gap', 'the gap after trimming');
+    sockets.at(-1).terminate();
+    for (let n = 3; n <= 10; n++) await fcall(topic, n);
+    reconnect.resolve();
+    const info = await gap;
+    assert.equal(info.offset, 10, 'delivery goes on after the history\'s last offset');
+    assert.equal(await fcall(topic, 11), 11);
+    assert.equal(await received.next(), 11, 'nothing replayed, then live');
+  });
+});

@@ -162,6 +162,9 @@ impl<P: Publish> Broker for Handle<P> {
     }
 
     fn reconfigure(&self, config: &Config) {
+        if self.library.update(&(&config.history).into()) {
+            tracing::info!(size = config.history.size, "history settings applied");
+        }
         let settings = {
             let mut settings = lock(&self.settings);
             if *settings == config.redis {

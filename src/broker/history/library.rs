@@ -8,7 +8,8 @@
 //! than 7, an ACL that forbids `FUNCTION` or `FCALL`) leaves the engine
 //! publishing plainly, unrecorded, until a later load succeeds.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use redis::aio::ConnectionLike;
 use redis::{Cmd, RedisError, Value};
@@ -32,11 +33,18 @@ const UNKNOWN: u8 = 0;
 const LOADED: u8 = 1;
 /// Refused by the Redis: publish plainly until a load succeeds.
 const REFUSED: u8 = 2;
+/// The settings changed (a reload): load the new text before the next call.
+const STALE: u8 = 3;
 
 pub(crate) struct Library {
-    settings: HistorySettings,
-    /// [`SOURCE`] with the settings and broker kind filled in.
-    code: String,
+    /// Publishing with `SPUBLISH` (a Redis Cluster engine).
+    sharded: bool,
+    /// `history.size` is 0: nothing is recorded. Apart from `source` so
+    /// that every publish can check it without a lock.
+    off: AtomicBool,
+    /// The settings and [`SOURCE`] with them filled in; replaced when a
+    /// reload changes `[history]`. A std mutex, held only to copy or swap.
+    source: Mutex<(HistorySettings, String)>,
     /// `UNKNOWN`, `LOADED` or `REFUSED`; shared by the engine's actor, which
     /// loads on each new connection, and its publisher, which calls.
     state: AtomicU8,
@@ -53,23 +61,34 @@ impl Library {
     /// The library for `settings`, publishing with `SPUBLISH` when
     /// `sharded` (a Redis Cluster engine), else `PUBLISH`.
     pub(crate) fn new(settings: HistorySettings, sharded: bool) -> Self {
-        // EXPIRE 0 would delete at once: a TTL is at least a second. Both
-        // saturate well below where Lua would print them with an exponent.
-        let ttl = settings.ttl.as_secs().clamp(1, MAX_TTL_SECS);
-        let size = settings.size.min(MAX_SIZE);
-        let code = SOURCE
-            .replacen("__SIZE__", &size.to_string(), 1)
-            .replacen("__TTL__", &ttl.to_string(), 1)
-            .replacen("__SHARDED__", if sharded { "true" } else { "false" }, 1);
+        let code = render(&settings, sharded);
         Self {
-            settings,
-            code,
+            sharded,
+            off: AtomicBool::new(settings.size == 0),
+            source: Mutex::new((settings, code)),
             state: AtomicU8::new(UNKNOWN),
         }
     }
 
+    /// Applies a reload's `[history]`: the next call loads the new text.
+    /// Returns whether anything changed.
+    pub(crate) fn update(&self, settings: &HistorySettings) -> bool {
+        let mut source = crate::sync::lock(&self.source);
+        if source.0 == *settings {
+            return false;
+        }
+        *source = (settings.clone(), render(settings, self.sharded));
+        self.off.store(settings.size == 0, Ordering::Relaxed);
+        self.state.store(STALE, Ordering::Relaxed);
+        true
+    }
+
+    fn code(&self) -> String {
+        crate::sync::lock(&self.source).1.clone()
+    }
+
     pub(crate) fn status(&self) -> HistoryStatus {
-        if self.settings.size == 0 {
+        if self.off.load(Ordering::Relaxed) {
             HistoryStatus::Off
         } else if self.state.load(Ordering::Relaxed) == REFUSED {
             HistoryStatus::Unavailable
@@ -98,7 +117,7 @@ impl Library {
         addr: &str,
     ) -> Result<(), LoadError> {
         let mut load = redis::cmd("FUNCTION");
-        load.arg("LOAD").arg("REPLACE").arg(&self.code);
+        load.arg("LOAD").arg("REPLACE").arg(self.code());
         match tokio::time::timeout(IO_TIMEOUT, load.query_async::<Value>(connection)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(err)) if refused(&err) => {
@@ -175,6 +194,16 @@ impl Library {
         if !self.records() {
             return Ok(Call::Unusable);
         }
+        if self.state.load(Ordering::Relaxed) == STALE {
+            match self.load(connection, addr).await {
+                Ok(()) => self.set_loaded(true),
+                Err(LoadError::Refused(err)) => {
+                    self.refuse(&err);
+                    return Ok(Call::Unusable);
+                }
+                Err(LoadError::Unreachable(err)) => return Err(err),
+            }
+        }
         match self.query(connection, command, addr, what).await? {
             Ok(value) => return Ok(Call::Done(value)),
             Err(err) if forbidden(&err) => {
@@ -228,6 +257,18 @@ impl Library {
             tracing::warn!(error = %err, "history unavailable: publishing without recording");
         }
     }
+}
+
+/// [`SOURCE`] with `settings` and the broker kind filled in.
+fn render(settings: &HistorySettings, sharded: bool) -> String {
+    // EXPIRE 0 would delete at once: a TTL is at least a second. Both
+    // saturate well below where Lua would print them with an exponent.
+    let ttl = settings.ttl.as_secs().clamp(1, MAX_TTL_SECS);
+    let size = settings.size.min(MAX_SIZE);
+    SOURCE
+        .replacen("__SIZE__", &size.to_string(), 1)
+        .replacen("__TTL__", &ttl.to_string(), 1)
+        .replacen("__SHARDED__", if sharded { "true" } else { "false" }, 1)
 }
 
 /// Why [`Library::load`] failed.

@@ -109,9 +109,13 @@ async fn an_acl_change_on_reload_revokes_what_it_no_longer_allows() {
     );
     h.publish("public-news", "\"gone\"").await;
     h.publish("user.alice.inbox", "\"kept\"").await;
+    let mut kept = c.recv().await;
+    // The memory broker records it: the first offset of a new epoch.
+    assert!(kept["epoch"].is_string(), "{kept}");
+    kept.as_object_mut().map(|frame| frame.remove("epoch"));
     assert_eq!(
-        c.recv().await,
-        json!({"action":"message","topic":"user.alice.inbox","snapshot":"kept"})
+        kept,
+        json!({"action":"message","topic":"user.alice.inbox","snapshot":"kept","offset":1})
     );
     assert_eq!(h.hub.registry().topic_count(), 1);
     c.send("subscribe", "public-news").await;
@@ -259,4 +263,46 @@ fn the_per_connection_futures_keep_their_size() {
     let writer = future_size(super::writer::write_loop::<SplitSink<Upgraded, Message>>);
     assert!(reader <= 952, "session reader future: {reader} bytes");
     assert!(writer <= 368, "session writer future: {writer} bytes");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscribe_with_since_replays_what_the_memory_history_kept() {
+    let h = Harness::new(config(""));
+    let mut c = h.connect().await;
+    c.login("alice", 3600).await;
+    c.subscribed("public-log").await;
+    for payload in ["1", "2", "3"] {
+        h.publish("public-log", payload).await;
+    }
+    let mut epoch = json!(null);
+    for offset in 1..=3 {
+        let frame = c.recv().await;
+        assert_eq!(frame["offset"], offset, "{frame}");
+        epoch = frame["epoch"].clone();
+    }
+
+    let mut back = h.connect().await;
+    back.login("alice", 3600).await;
+    let request = json!({"action":"subscribe","session":back.session,"context":"public-log",
+                         "since":{"epoch":epoch,"offset":1},"id":7});
+    back.to_server
+        .send(Ok(Message::text(request.to_string())))
+        .await
+        .expect("session open");
+    assert_eq!(
+        back.recv().await,
+        json!({"action":"subscribe","message":"context subscribed","context":"public-log",
+               "epoch":epoch,"offset":3,"recovered":true,"id":7})
+    );
+    for offset in 2..=3 {
+        let frame = back.recv().await;
+        assert_eq!(
+            frame,
+            json!({"action":"message","topic":"public-log","snapshot":offset,
+                   "offset":offset,"epoch":epoch})
+        );
+    }
+    h.publish("public-log", "4").await;
+    assert_eq!(back.recv().await["offset"], 4);
+    assert_eq!(c.recv().await["offset"], 4);
 }

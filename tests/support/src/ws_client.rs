@@ -142,3 +142,13 @@ async fn next_json(ws: &mut WebSocketStream<TcpStream>) -> Value {
         }
     }
 }
+
+/// A delivery without its history position (`offset`, `epoch`): for tests
+/// of other behaviour, where recording is a default, not the subject.
+pub fn unpositioned(mut frame: Value) -> Value {
+    if let Some(fields) = frame.as_object_mut() {
+        fields.remove("offset");
+        fields.remove("epoch");
+    }
+    frame
+}

@@ -14,25 +14,25 @@ fn the_settings_and_broker_kind_are_written_into_the_library() {
         ttl: Duration::from_secs(secs),
     };
     let library = Library::new(settings(25, 90), true);
-    assert!(library.code.starts_with("#!lua name=topicgate\n"));
-    assert!(library.code.contains("local SIZE = 25 "));
-    assert!(library.code.contains("local TTL = 90 "));
-    assert!(library.code.contains("local SHARDED = true "));
-    assert!(!library.code.contains("__"));
+    assert!(library.code().starts_with("#!lua name=topicgate\n"));
+    assert!(library.code().contains("local SIZE = 25 "));
+    assert!(library.code().contains("local TTL = 90 "));
+    assert!(library.code().contains("local SHARDED = true "));
+    assert!(!library.code().contains("__"));
     // EXPIRE 0 would drop the history at once.
     let library = Library::new(settings(0, 0), false);
-    assert!(library.code.contains("local TTL = 1 "));
-    assert!(library.code.contains("local SHARDED = false "));
+    assert!(library.code().contains("local TTL = 1 "));
+    assert!(library.code().contains("local SHARDED = false "));
     assert_eq!(library.status(), HistoryStatus::Off);
     assert!(!library.records());
     // Huge settings saturate to numbers Lua still writes as integers.
     let library = Library::new(settings(usize::MAX, u64::MAX), false);
     assert!(
         library
-            .code
+            .code()
             .contains(&format!("local SIZE = {} ", 1u64 << 40))
     );
-    assert!(library.code.contains("local TTL = 3153600000 "));
+    assert!(library.code().contains("local TTL = 3153600000 "));
 }
 
 #[test]

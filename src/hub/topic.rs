@@ -1,0 +1,266 @@
+//! One live topic: its subscribers, the clients joining it, and the order
+//! of its recorded messages (docs/PROTOCOL.md, "Positions and recovery").
+//!
+//! A client that subscribes while the topic has a history first *joins*:
+//! live frames are copied into its own buffer while its history read runs;
+//! then its reply, its replay and the buffered frames newer than the replay
+//! are queued, in that order, and it becomes a plain subscriber. Only
+//! joining clients cost per-client work on delivery.
+//!
+//! The topic remembers the last recorded position it delivered. A live
+//! message at or below it is late (a replay already carried it); one that
+//! skips ahead, or comes in another epoch, makes the topic *hold* newer
+//! messages while the missing range is read (`catchup`).
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::{ClientHandle, Outbound};
+use crate::broker::Position;
+use crate::protocol::{Disconnect, Frame};
+
+/// A live topic in the registry.
+pub(super) struct Topic {
+    /// Plain subscribers. Copy-on-write, so a delivery clones the `Arc`
+    /// and fans out without holding the registry lock.
+    pub subscribers: Arc<Vec<ClientHandle>>,
+    /// Clients between joining and live delivery; empty on the hot path.
+    pub joining: Vec<Joiner>,
+    /// The last recorded position delivered to `subscribers`.
+    pub last: Option<Position>,
+    /// While the range after `last` is read: the catch-up's id and the
+    /// live messages waiting behind it, in arrival order.
+    pub held: Option<(u64, Vec<Held>)>,
+}
+
+/// A client whose history read is running, or done and waiting for live
+/// delivery to reach the position it read.
+pub(super) struct Joiner {
+    pub client: ClientHandle,
+    /// Live frames since it joined, with their positions.
+    buffer: Vec<Buffered>,
+    /// Its reply and replay, once its read is done.
+    ready: Option<Completion>,
+}
+
+/// A frame seen by a joining client.
+struct Buffered {
+    outbound: Outbound,
+    /// `None` for unrecorded messages and notices: always passed on.
+    position: Option<Position>,
+}
+
+/// A joining client's reply and replay, and where its replay ends.
+pub(super) struct Completion {
+    pub frames: Vec<Outbound>,
+    /// The topic's last position as the read saw it.
+    pub last: Option<Position>,
+}
+
+/// A live message held while a missing range is read.
+pub(super) struct Held {
+    pub payload: bytes::Bytes,
+    pub position: Option<Position>,
+    pub arrived: Instant,
+}
+
+/// What to do with a recorded live message.
+pub(super) enum Admit {
+    /// Next in order: deliver it.
+    Deliver,
+    /// At or below what was delivered: only joiners may still need it.
+    Late,
+    /// A catch-up is running: it was held.
+    Held,
+    /// It skips ahead: held, and the range after this position must be read.
+    CatchUp(Position, u64),
+}
+
+impl Topic {
+    pub fn new(subscribers: Vec<ClientHandle>, joining: Vec<Joiner>) -> Self {
+        Self {
+            subscribers: Arc::new(subscribers),
+            joining,
+            last: None,
+            held: None,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.subscribers.is_empty() && self.joining.is_empty()
+    }
+
+    /// Removes client `id`, subscribed or joining.
+    pub fn remove(&mut self, id: u64) {
+        if self.subscribers.iter().any(|c| c.id == id) {
+            Arc::make_mut(&mut self.subscribers).retain(|c| c.id != id);
+        }
+        self.joining.retain(|j| j.client.id != id);
+    }
+
+    /// Orders a live message: recorded messages go out once each, in
+    /// offset order. `hold` copies the message when it must wait; `next_id`
+    /// names a new catch-up.
+    pub fn admit(
+        &mut self,
+        position: Option<&Position>,
+        hold: impl FnOnce() -> Held,
+        next_id: impl FnOnce() -> u64,
+    ) -> Admit {
+        if let Some((_, held)) = &mut self.held {
+            held.push(hold());
+            return Admit::Held;
+        }
+        let Some(position) = position else {
+            return Admit::Deliver;
+        };
+        match &self.last {
+            Some(last) if last.epoch == position.epoch && position.offset <= last.offset => {
+                Admit::Late
+            }
+            Some(last) if last.epoch != position.epoch || position.offset > last.offset + 1 => {
+                let (since, id) = (last.clone(), next_id());
+                self.held = Some((id, vec![hold()]));
+                Admit::CatchUp(since, id)
+            }
+            _ => {
+                self.last = Some(position.clone());
+                Admit::Deliver
+            }
+        }
+    }
+
+    /// Copies a frame to every joining client's buffer. A buffer as long
+    /// as the client's send queue is a slow consumer, as a full queue is.
+    pub fn buffer(&mut self, frame: &Frame, position: Option<&Position>, arrived: Instant) {
+        for joiner in &mut self.joining {
+            if joiner.buffer.len() >= joiner.client.queue().capacity() {
+                joiner.client.close(Disconnect::SlowConsumer);
+                continue;
+            }
+            joiner.buffer.push(Buffered {
+                outbound: Outbound::delivery(frame.clone(), arrived),
+                position: position.cloned(),
+            });
+        }
+    }
+
+    /// Delivers a frame under the registry lock: joiners' buffers, then
+    /// subscribers. For the catch-up path; the hot path fans out unlocked.
+    pub fn fan(&mut self, frame: &Frame, position: Option<&Position>, arrived: Instant) -> u64 {
+        self.buffer(frame, position, arrived);
+        let mut dropped = 0;
+        for client in self.subscribers.iter() {
+            if !client.enqueue(Outbound::delivery(frame.clone(), arrived)) {
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
+    /// Sends a notice (a `gap`) to every subscriber and joiner.
+    pub fn notify(&mut self, frame: &Frame) {
+        for joiner in &mut self.joining {
+            joiner.buffer.push(Buffered {
+                outbound: Outbound::reply(frame.clone()),
+                position: None,
+            });
+        }
+        for client in self.subscribers.iter() {
+            client.push(frame.clone());
+        }
+    }
+
+    /// Adds a joining client.
+    pub fn join(&mut self, client: ClientHandle) {
+        self.joining.push(Joiner::new(client));
+    }
+
+    /// Client `id`'s read is done; it goes live once delivery has reached
+    /// the position it read. Returns `false` when it is no longer joining.
+    pub fn complete(&mut self, id: u64, completion: Completion) -> bool {
+        let Some(joiner) = self.joining.iter_mut().find(|j| j.client.id == id) else {
+            return false;
+        };
+        if self.last.is_none() && self.held.is_none() {
+            // Nothing recorded has been delivered since the topic went live:
+            // every message after this read arrives live from here on.
+            self.last.clone_from(&completion.last);
+        }
+        joiner.ready = Some(completion);
+        self.promote();
+        true
+    }
+
+    /// Makes live every ready joiner whose replay end delivery has reached:
+    /// its reply and replay, then its buffered frames newer than the replay.
+    pub fn promote(&mut self) {
+        if self.held.is_some() {
+            return;
+        }
+        let mut index = 0;
+        while index < self.joining.len() {
+            let reached = self.joining[index]
+                .ready
+                .as_ref()
+                .is_some_and(|ready| reached(self.last.as_ref(), ready.last.as_ref()));
+            if !reached {
+                index += 1;
+                continue;
+            }
+            let joiner = self.joining.swap_remove(index);
+            let Some(ready) = joiner.ready else { continue };
+            let client = joiner.client;
+            let mut open = true;
+            for outbound in ready.frames {
+                open &= client.enqueue(outbound);
+            }
+            for buffered in joiner.buffer {
+                if newer(buffered.position.as_ref(), ready.last.as_ref()) {
+                    open &= client.enqueue(buffered.outbound);
+                }
+            }
+            if open {
+                Arc::make_mut(&mut self.subscribers).push(client);
+            }
+        }
+    }
+}
+
+impl Joiner {
+    pub fn new(client: ClientHandle) -> Self {
+        Self {
+            client,
+            buffer: Vec::new(),
+            ready: None,
+        }
+    }
+}
+
+/// Whether live delivery at `delivered` has passed `read`: then every
+/// frame after `read` reached the joiner's buffer. Another epoch counts as
+/// passed: its frames are newer than the read or belong to a new life.
+fn reached(delivered: Option<&Position>, read: Option<&Position>) -> bool {
+    match (delivered, read) {
+        (_, None) => true,
+        (None, Some(_)) => false,
+        (Some(delivered), Some(read)) => {
+            delivered.epoch != read.epoch || delivered.offset >= read.offset
+        }
+    }
+}
+
+/// Whether a buffered frame at `position` comes after a replay ending at
+/// `last`.
+fn newer(position: Option<&Position>, last: Option<&Position>) -> bool {
+    match (position, last) {
+        (Some(position), Some(last)) => {
+            position.epoch != last.epoch || position.offset > last.offset
+        }
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,129 @@
+//! The order rules of one topic, without a broker: what is delivered,
+//! dropped as late, held for a catch-up, and when a joining client goes
+//! live with which frames.
+
+use super::*;
+use crate::protocol::Frame;
+
+fn at(offset: u64, epoch: &str) -> Position {
+    Position::new(offset, epoch)
+}
+
+fn held() -> Held {
+    Held {
+        payload: bytes::Bytes::from_static(b"x"),
+        position: None,
+        arrived: Instant::now(),
+    }
+}
+
+fn admit(topic: &mut Topic, position: &Position) -> Admit {
+    topic.admit(Some(position), held, || 7)
+}
+
+/// Frames waiting in `client`'s queue, as text.
+fn queued(client: &ClientHandle) -> Vec<String> {
+    std::iter::from_fn(|| client.queue().pop())
+        .map(|outbound| outbound.frame.as_str().to_string())
+        .collect()
+}
+
+#[test]
+fn recorded_messages_go_out_once_in_offset_order() {
+    let mut topic = Topic::new(Vec::new(), Vec::new());
+    assert!(matches!(admit(&mut topic, &at(4, "e")), Admit::Deliver));
+    assert!(matches!(admit(&mut topic, &at(5, "e")), Admit::Deliver));
+    assert!(matches!(admit(&mut topic, &at(5, "e")), Admit::Late));
+    assert!(matches!(admit(&mut topic, &at(3, "e")), Admit::Late));
+    assert_eq!(topic.last, Some(at(5, "e")));
+}
+
+#[test]
+fn a_skip_or_a_new_epoch_holds_everything_until_the_catch_up() {
+    let mut topic = Topic::new(Vec::new(), Vec::new());
+    admit(&mut topic, &at(1, "e"));
+    match admit(&mut topic, &at(3, "e")) {
+        Admit::CatchUp(since, 7) => assert_eq!(since, at(1, "e")),
+        _ => panic!("a skip starts a catch-up"),
+    }
+    assert!(matches!(admit(&mut topic, &at(4, "e")), Admit::Held));
+    assert!(matches!(topic.admit(None, held, || 8), Admit::Held));
+    assert_eq!(
+        topic.held.as_ref().map(|(id, held)| (*id, held.len())),
+        Some((7, 3))
+    );
+
+    let mut topic = Topic::new(Vec::new(), Vec::new());
+    admit(&mut topic, &at(9, "e"));
+    assert!(matches!(admit(&mut topic, &at(1, "f")), Admit::CatchUp(..)));
+}
+
+#[test]
+fn a_joiner_gets_reply_replay_then_only_newer_buffered_frames() {
+    let client = ClientHandle::new(1, 16);
+    let mut topic = Topic::new(Vec::new(), Vec::new());
+    admit(&mut topic, &at(1, "e"));
+    topic.join(client.clone());
+    // Live frames while the history is read: 2 (also in the replay) and 3.
+    for offset in [2, 3] {
+        admit(&mut topic, &at(offset, "e"));
+        topic.buffer(
+            &Frame::from(format!("live {offset}")),
+            Some(&at(offset, "e")),
+            Instant::now(),
+        );
+        topic.promote();
+    }
+    let completion = Completion {
+        frames: vec![
+            Outbound::reply(Frame::from_static("reply")),
+            Outbound::reply(Frame::from_static("replay 2")),
+        ],
+        last: Some(at(2, "e")),
+    };
+    assert!(topic.complete(1, completion));
+    assert_eq!(queued(&client), ["reply", "replay 2", "live 3"]);
+    assert!(topic.joining.is_empty());
+    assert_eq!(topic.subscribers.len(), 1);
+}
+
+#[test]
+fn a_joiner_whose_read_is_ahead_waits_for_live_delivery_to_reach_it() {
+    let client = ClientHandle::new(1, 16);
+    let mut topic = Topic::new(Vec::new(), Vec::new());
+    admit(&mut topic, &at(1, "e"));
+    topic.join(client.clone());
+    // The read saw offset 2, whose live frame has not reached the replica yet.
+    let completion = Completion {
+        frames: vec![Outbound::reply(Frame::from_static("reply"))],
+        last: Some(at(2, "e")),
+    };
+    assert!(topic.complete(1, completion));
+    assert!(
+        queued(&client).is_empty(),
+        "not live before offset 2 passed"
+    );
+    admit(&mut topic, &at(2, "e"));
+    topic.buffer(
+        &Frame::from_static("live 2"),
+        Some(&at(2, "e")),
+        Instant::now(),
+    );
+    topic.promote();
+    assert_eq!(queued(&client), ["reply"], "offset 2 is not sent twice");
+    assert_eq!(topic.subscribers.len(), 1);
+}
+
+#[test]
+fn a_joiner_that_left_is_not_completed() {
+    let client = ClientHandle::new(1, 16);
+    let mut topic = Topic::new(Vec::new(), Vec::new());
+    topic.join(client);
+    topic.remove(1);
+    assert!(topic.is_empty());
+    let completion = Completion {
+        frames: Vec::new(),
+        last: None,
+    };
+    assert!(!topic.complete(1, completion));
+}
