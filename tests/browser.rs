@@ -1,7 +1,9 @@
 //! The web console (README, Web console: `GET /console`) in a real browser:
 //! headless Chromium, driven over the Chrome DevTools Protocol, opens the
 //! console of a gateway bridged to a real `redis-server`, and a message
-//! PUBLISHed to Redis must show up in the page.
+//! PUBLISHed to Redis must show up in the page. With history, the page
+//! shows offsets, reconnects after the gateway restarts on the same
+//! address, recovers with `since` exactly what it missed, and shows `gap`.
 //!
 //! Needs Debian's `chromium` package (`/usr/bin/chromium`); without it the
 //! test fails and says so rather than passing silently.
@@ -570,11 +572,232 @@ async fn console_in_chromium_shows_a_refused_token_and_what_is_off() {
         )
         .await;
     assert_eq!(after, json!(["closed · 1001 shutdown", "disconnected"]));
-    let buttons = page
-        .eval(
-            "[document.getElementById('connect').classList.contains('primary'),
-              document.getElementById('disconnect').disabled]",
+    // A shutdown is not the user's choice: the page keeps trying to
+    // reconnect, and Disconnect is what stops it.
+    let retrying = page
+        .wait_for(
+            "a reconnect to be scheduled",
+            "const r = document.getElementById('reconnect-info');
+             return r.textContent.startsWith('reconnecting in')
+                 && !document.getElementById('disconnect').disabled;",
         )
         .await;
-    assert_eq!(buttons, json!([true, true]));
+    assert_eq!(retrying, true);
+    page.eval("document.getElementById('disconnect').click()")
+        .await;
+    let stopped = page
+        .wait_for(
+            "the reconnects to stop",
+            "const s = document.getElementById('status');
+             return document.getElementById('reconnect-info').textContent === ''
+                 && document.getElementById('disconnect').disabled
+                 && s.dataset.state === 'closed'
+                 && [document.getElementById('connect').classList.contains('primary'), s.textContent];",
+        )
+        .await;
+    assert_eq!(stopped, json!([true, "closed · 1001 shutdown"]));
+}
+
+const RECOVERY_TOPIC: &str = "t-recovery";
+/// JS: the console's card for [`RECOVERY_TOPIC`].
+const RECOVERY_CARD: &str = "[...document.querySelectorAll('[data-testid=topic-card]')]
+    .find((c) => c.dataset.topic === 't-recovery')";
+
+/// JS (a function body): once the card shows `count` messages, its
+/// messages oldest first as `[offset, epoch, snapshot, replayed]`.
+fn messages_once(count: usize) -> String {
+    format!(
+        "const c = {RECOVERY_CARD};
+         if (!c || c.querySelector('[data-testid=message-count]').textContent !== '{count}') return null;
+         return [...c.querySelectorAll('[data-testid=message]')].reverse().map((m) =>
+             [Number(m.dataset.offset), m.dataset.epoch,
+              JSON.parse(m.querySelector('pre').textContent), m.dataset.replayed === 'true']);"
+    )
+}
+
+/// The gateway on `addr` (an address a previous gateway listened on).
+async fn gateway_on(addr: std::net::SocketAddr, config: topicgate::Config) -> topicgate::Gateway {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("bind the previous gateway's port again");
+    let gateway = topicgate::Gateway::start(listener, config).expect("gateway starts");
+    let mut ready = gateway.broker_ready();
+    tokio::time::timeout(EVENT_TIMEOUT, ready.wait_for(|r| *r))
+        .await
+        .expect("broker ready in time")
+        .expect("broker alive");
+    gateway
+}
+
+/// `FCALL topicgate_publish 1 topic payload`: the recorded offset.
+async fn fcall(conn: &mut redis::aio::MultiplexedConnection, topic: &str, payload: &str) -> u64 {
+    redis::cmd("FCALL")
+        .arg("topicgate_publish")
+        .arg(1)
+        .arg(topic)
+        .arg(payload)
+        .query_async(conn)
+        .await
+        .expect("FCALL topicgate_publish")
+}
+
+#[tokio::test]
+async fn console_in_chromium_recovers_what_it_missed_while_the_gateway_restarted() {
+    let mut redis = RedisServer::start();
+    let config = || {
+        base_config(
+            Some(&redis),
+            &format!(
+                "[server]\nconsole = true\n[api]\nkey = \"{API_KEY}\"\n\
+                 [redis]\nreconnect_max_secs = 1\n"
+            ),
+        )
+    };
+    let first = start_gateway(config()).await;
+    let addr = first.addr;
+    let (_chromium, devtools) = Chromium::launch().await;
+    let cdp = Cdp::connect(&devtools).await;
+    let token = token(json!({"sub": "browser"}));
+    let url = format!("http://{addr}/console?token={token}&topics={RECOVERY_TOPIC}&connect=1");
+    let mut page = Page::open(cdp, &url).await;
+    page.wait_for(
+        "the topic subscribed",
+        &format!("const c = {RECOVERY_CARD}; return c && c.dataset.state === 'subscribed';"),
+    )
+    .await;
+
+    // The first recorded message comes from the Publish panel, which shows
+    // the offset and epoch POST /publish answered with.
+    page.eval(&format!(
+        "document.getElementById('api-key').value = '{API_KEY}';
+         document.getElementById('publish-topic').value = '{RECOVERY_TOPIC}';
+         document.getElementById('publish-data').value = '{{\"n\":1}}';
+         document.getElementById('publish').click();"
+    ))
+    .await;
+    let published = page
+        .wait_for(
+            "the publish result",
+            "const r = document.getElementById('publish-result');
+             return r.dataset.ok && [r.dataset.ok, r.dataset.offset, r.dataset.epoch, r.textContent];",
+        )
+        .await;
+    assert_eq!(published[0], "true", "{published}");
+    assert_eq!(published[1], "1", "{published}");
+    let epoch = published[2].as_str().expect("an epoch").to_string();
+    let text = published[3].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with(&format!(
+            "published to {RECOVERY_TOPIC} (offset 1, epoch {epoch})"
+        )),
+        "{text}"
+    );
+    // Two more from a Redis client.
+    let mut conn = redis.connection().await;
+    for n in 2..=3 {
+        assert_eq!(
+            fcall(&mut conn, RECOVERY_TOPIC, &format!("{{\"n\":{n}}}")).await,
+            n
+        );
+    }
+    let seen = page
+        .wait_for("three recorded messages", &messages_once(3))
+        .await;
+    let expected = |offsets: std::ops::RangeInclusive<u64>, replayed: &[u64]| {
+        offsets
+            .map(|n| json!([n, epoch, {"n": n}, replayed.contains(&n)]))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(seen, json!(expected(1..=3, &[])));
+    let position = page
+        .eval(&format!(
+            "{RECOVERY_CARD}.querySelector('[data-testid=topic-position]').textContent"
+        ))
+        .await;
+    assert_eq!(position, json!(format!("epoch {epoch} · offset 3")));
+
+    // The gateway goes away; three more are recorded while it is down.
+    first.shutdown().await;
+    page.wait_for(
+        "the page to see the close",
+        "return document.getElementById('close-info').textContent.startsWith('code 1001 shutdown');",
+    )
+    .await;
+    for n in 4..=6 {
+        assert_eq!(
+            fcall(&mut conn, RECOVERY_TOPIC, &format!("{{\"n\":{n}}}")).await,
+            n
+        );
+    }
+
+    // A gateway comes back on the same address: the page reconnects,
+    // subscribes with its last position and shows exactly what it missed.
+    let second = gateway_on(addr, config()).await;
+    let seen = page
+        .wait_for("the missed messages replayed", &messages_once(6))
+        .await;
+    assert_eq!(seen, json!(expected(1..=6, &[4, 5, 6])));
+    let card = page
+        .wait_for(
+            "the recovery shown",
+            &format!(
+                "const c = {RECOVERY_CARD};
+                 const r = c.querySelector('[data-testid=topic-recovery]');
+                 return c.dataset.state === 'subscribed' && [r.dataset.recovered, r.textContent];"
+            ),
+        )
+        .await;
+    assert_eq!(card, json!(["true", "recovered: 3 replayed"]));
+    let resubscribe = page
+        .eval(
+            "JSON.parse(document.querySelector(
+                 '#frames [data-testid=frame][data-dir=sent] pre').textContent)",
+        )
+        .await;
+    assert_eq!(resubscribe["action"], "subscribe", "{resubscribe}");
+    assert_eq!(
+        resubscribe["since"],
+        json!({"epoch": epoch, "offset": 3}),
+        "{resubscribe}"
+    );
+    assert_eq!(
+        page.eval("document.getElementById('status').dataset.state")
+            .await,
+        "authenticated"
+    );
+    // Live delivery goes on after the replay.
+    assert_eq!(fcall(&mut conn, RECOVERY_TOPIC, r#"{"n":7}"#).await, 7);
+    let seen = page.wait_for("a live message", &messages_once(7)).await;
+    assert_eq!(seen, json!(expected(1..=7, &[4, 5, 6])));
+
+    // Redis restarts empty: the history is lost, and the page shows the
+    // gap frame with the new position before the new epoch's messages.
+    let mut ready = second.broker_ready();
+    redis.restart();
+    ready.wait_for(|up| !*up).await.expect("broker alive");
+    ready.wait_for(|up| *up).await.expect("broker alive");
+    let mut conn = redis.connection().await;
+    assert_eq!(fcall(&mut conn, RECOVERY_TOPIC, r#"{"n":1}"#).await, 1);
+    let after = page
+        .wait_for(
+            "the gap and the new epoch's first message",
+            &format!(
+                "const c = {RECOVERY_CARD};
+                 const items = [...c.querySelectorAll('[data-testid=messages] > li')];
+                 if (c.querySelector('[data-testid=message-count]').textContent !== '8') return null;
+                 return items.slice(0, 2).map((li) => li.dataset.testid === 'gap'
+                     ? ['gap', li.textContent] : ['message', Number(li.dataset.offset), li.dataset.epoch]);"
+            ),
+        )
+        .await;
+    let new_epoch = after[0][2].as_str().expect("the new epoch").to_string();
+    assert_ne!(new_epoch, epoch);
+    let gap = after[1][1].as_str().unwrap_or_default();
+    assert!(
+        gap.ends_with(&format!(
+            "gap: history lost, now at epoch {new_epoch} offset 0"
+        )),
+        "{after}"
+    );
+    assert_eq!(after[0][1], 1, "{after}");
 }
