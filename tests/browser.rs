@@ -599,15 +599,23 @@ async fn console_in_chromium_shows_a_refused_token_and_what_is_off() {
 }
 
 const RECOVERY_TOPIC: &str = "t-recovery";
-/// JS: the console's card for [`RECOVERY_TOPIC`].
-const RECOVERY_CARD: &str = "[...document.querySelectorAll('[data-testid=topic-card]')]
-    .find((c) => c.dataset.topic === 't-recovery')";
+/// A topic with no history until the gateway is down.
+const QUIET_TOPIC: &str = "t-quiet";
 
-/// JS (a function body): once the card shows `count` messages, its
-/// messages oldest first as `[offset, epoch, snapshot, replayed]`.
-fn messages_once(count: usize) -> String {
+/// JS: the console's card for `topic` (a plain name: no quote to escape).
+fn card(topic: &str) -> String {
     format!(
-        "const c = {RECOVERY_CARD};
+        "[...document.querySelectorAll('[data-testid=topic-card]')]
+            .find((c) => c.dataset.topic === '{topic}')"
+    )
+}
+
+/// JS (a function body): once `topic`'s card shows `count` messages, its
+/// messages oldest first as `[offset, epoch, snapshot, replayed]`.
+fn messages_once(topic: &str, count: usize) -> String {
+    let card = card(topic);
+    format!(
+        "const c = {card};
          if (!c || c.querySelector('[data-testid=message-count]').textContent !== '{count}') return null;
          return [...c.querySelectorAll('[data-testid=message]')].reverse().map((m) =>
              [Number(m.dataset.offset), m.dataset.epoch,
@@ -641,6 +649,17 @@ async fn fcall(conn: &mut redis::aio::MultiplexedConnection, topic: &str, payloa
         .expect("FCALL topicgate_publish")
 }
 
+/// Records `{"n": n}` on `topic` for each `n`, checking each gets offset `n`.
+async fn record_run(
+    conn: &mut redis::aio::MultiplexedConnection,
+    topic: &str,
+    run: std::ops::RangeInclusive<u64>,
+) {
+    for n in run {
+        assert_eq!(fcall(conn, topic, &json!({"n": n}).to_string()).await, n);
+    }
+}
+
 #[tokio::test]
 async fn console_in_chromium_recovers_what_it_missed_while_the_gateway_restarted() {
     let mut redis = RedisServer::start();
@@ -658,11 +677,17 @@ async fn console_in_chromium_recovers_what_it_missed_while_the_gateway_restarted
     let (_chromium, devtools) = Chromium::launch().await;
     let cdp = Cdp::connect(&devtools).await;
     let token = token(json!({"sub": "browser"}));
-    let url = format!("http://{addr}/console?token={token}&topics={RECOVERY_TOPIC}&connect=1");
+    let url = format!(
+        "http://{addr}/console?token={token}&topics={RECOVERY_TOPIC},{QUIET_TOPIC}&connect=1"
+    );
     let mut page = Page::open(cdp, &url).await;
+    let (recovery_card, quiet_card) = (card(RECOVERY_TOPIC), card(QUIET_TOPIC));
     page.wait_for(
-        "the topic subscribed",
-        &format!("const c = {RECOVERY_CARD}; return c && c.dataset.state === 'subscribed';"),
+        "the topics subscribed",
+        &format!(
+            "const a = {recovery_card}; const b = {quiet_card};
+             return a && b && a.dataset.state === 'subscribed' && b.dataset.state === 'subscribed';"
+        ),
     )
     .await;
 
@@ -694,14 +719,9 @@ async fn console_in_chromium_recovers_what_it_missed_while_the_gateway_restarted
     );
     // Two more from a Redis client.
     let mut conn = redis.connection().await;
-    for n in 2..=3 {
-        assert_eq!(
-            fcall(&mut conn, RECOVERY_TOPIC, &format!("{{\"n\":{n}}}")).await,
-            n
-        );
-    }
+    record_run(&mut conn, RECOVERY_TOPIC, 2..=3).await;
     let seen = page
-        .wait_for("three recorded messages", &messages_once(3))
+        .wait_for("three recorded messages", &messages_once(RECOVERY_TOPIC, 3))
         .await;
     let expected = |offsets: std::ops::RangeInclusive<u64>, replayed: &[u64]| {
         offsets
@@ -711,54 +731,82 @@ async fn console_in_chromium_recovers_what_it_missed_while_the_gateway_restarted
     assert_eq!(seen, json!(expected(1..=3, &[])));
     let position = page
         .eval(&format!(
-            "{RECOVERY_CARD}.querySelector('[data-testid=topic-position]').textContent"
+            "{recovery_card}.querySelector('[data-testid=topic-position]').textContent"
         ))
         .await;
     assert_eq!(position, json!(format!("epoch {epoch} · offset 3")));
 
-    // The gateway goes away; three more are recorded while it is down.
+    // The gateway goes away; three more are recorded while it is down, and
+    // the quiet topic's first two, of which the page knows no position.
     first.shutdown().await;
     page.wait_for(
         "the page to see the close",
         "return document.getElementById('close-info').textContent.startsWith('code 1001 shutdown');",
     )
     .await;
-    for n in 4..=6 {
-        assert_eq!(
-            fcall(&mut conn, RECOVERY_TOPIC, &format!("{{\"n\":{n}}}")).await,
-            n
-        );
-    }
+    record_run(&mut conn, RECOVERY_TOPIC, 4..=6).await;
+    record_run(&mut conn, QUIET_TOPIC, 1..=2).await;
 
     // A gateway comes back on the same address: the page reconnects,
-    // subscribes with its last position and shows exactly what it missed.
+    // subscribes with its last positions and shows exactly what it missed.
     let second = gateway_on(addr, config()).await;
     let seen = page
-        .wait_for("the missed messages replayed", &messages_once(6))
+        .wait_for(
+            "the missed messages replayed",
+            &messages_once(RECOVERY_TOPIC, 6),
+        )
         .await;
     assert_eq!(seen, json!(expected(1..=6, &[4, 5, 6])));
-    let card = page
+    let quiet = page
+        .wait_for(
+            "the quiet topic's missed messages",
+            &messages_once(QUIET_TOPIC, 2),
+        )
+        .await;
+    let quiet_epoch = quiet[0][1].as_str().expect("an epoch").to_string();
+    assert_eq!(
+        quiet,
+        json!([[1, quiet_epoch, {"n": 1}, true], [2, quiet_epoch, {"n": 2}, true]])
+    );
+    let recovery = page
         .wait_for(
             "the recovery shown",
             &format!(
-                "const c = {RECOVERY_CARD};
-                 const r = c.querySelector('[data-testid=topic-recovery]');
-                 return c.dataset.state === 'subscribed' && [r.dataset.recovered, r.textContent];"
+                "const shown = (c) => {{
+                     const r = c.querySelector('[data-testid=topic-recovery]');
+                     return c.dataset.state === 'subscribed' && [r.dataset.recovered, r.textContent];
+                 }};
+                 const a = shown({recovery_card}); const b = shown({quiet_card});
+                 return a && b && [a, b];"
             ),
         )
         .await;
-    assert_eq!(card, json!(["true", "recovered: 3 replayed"]));
-    let resubscribe = page
+    assert_eq!(
+        recovery,
+        json!([
+            ["true", "recovered: 3 replayed"],
+            ["true", "recovered: 2 replayed"]
+        ])
+    );
+    // What the page sent after authorizing again, oldest first: the
+    // recorded topic resumes from offset 3; the quiet one, held without a
+    // position, learns the epoch from the reply and subscribes again from 0.
+    let sent = page
         .eval(
-            "JSON.parse(document.querySelector(
-                 '#frames [data-testid=frame][data-dir=sent] pre').textContent)",
+            "const sent = [...document.querySelectorAll('#frames [data-testid=frame][data-dir=sent] pre')]
+                 .map((p) => JSON.parse(p.textContent)).reverse();
+             const at = sent.findLastIndex((f) => f.action === 'authorization');
+             sent.slice(at + 1).map((f) => [f.action, f.context, f.since ?? null])",
         )
         .await;
-    assert_eq!(resubscribe["action"], "subscribe", "{resubscribe}");
     assert_eq!(
-        resubscribe["since"],
-        json!({"epoch": epoch, "offset": 3}),
-        "{resubscribe}"
+        sent,
+        json!([
+            ["subscribe", RECOVERY_TOPIC, {"epoch": epoch, "offset": 3}],
+            ["subscribe", QUIET_TOPIC, null],
+            ["unsubscribe", QUIET_TOPIC, null],
+            ["subscribe", QUIET_TOPIC, {"epoch": quiet_epoch, "offset": 0}],
+        ])
     );
     assert_eq!(
         page.eval("document.getElementById('status').dataset.state")
@@ -766,8 +814,10 @@ async fn console_in_chromium_recovers_what_it_missed_while_the_gateway_restarted
         "authenticated"
     );
     // Live delivery goes on after the replay.
-    assert_eq!(fcall(&mut conn, RECOVERY_TOPIC, r#"{"n":7}"#).await, 7);
-    let seen = page.wait_for("a live message", &messages_once(7)).await;
+    record_run(&mut conn, RECOVERY_TOPIC, 7..=7).await;
+    let seen = page
+        .wait_for("a live message", &messages_once(RECOVERY_TOPIC, 7))
+        .await;
     assert_eq!(seen, json!(expected(1..=7, &[4, 5, 6])));
 
     // Redis restarts empty: the history is lost, and the page shows the
@@ -777,12 +827,12 @@ async fn console_in_chromium_recovers_what_it_missed_while_the_gateway_restarted
     ready.wait_for(|up| !*up).await.expect("broker alive");
     ready.wait_for(|up| *up).await.expect("broker alive");
     let mut conn = redis.connection().await;
-    assert_eq!(fcall(&mut conn, RECOVERY_TOPIC, r#"{"n":1}"#).await, 1);
+    record_run(&mut conn, RECOVERY_TOPIC, 1..=1).await;
     let after = page
         .wait_for(
             "the gap and the new epoch's first message",
             &format!(
-                "const c = {RECOVERY_CARD};
+                "const c = {recovery_card};
                  const items = [...c.querySelectorAll('[data-testid=messages] > li')];
                  if (c.querySelector('[data-testid=message-count]').textContent !== '8') return null;
                  return items.slice(0, 2).map((li) => li.dataset.testid === 'gap'
