@@ -1,7 +1,9 @@
 //! The web console (README, Web console: `GET /console`) in a real browser:
 //! headless Chromium, driven over the Chrome DevTools Protocol, opens the
 //! console of a gateway bridged to a real `redis-server`, and a message
-//! PUBLISHed to Redis must show up in the page.
+//! PUBLISHed to Redis must show up in the page. With history, the page
+//! shows offsets, reconnects after the gateway restarts on the same
+//! address, recovers with `since` exactly what it missed, and shows `gap`.
 //!
 //! Needs Debian's `chromium` package (`/usr/bin/chromium`); without it the
 //! test fails and says so rather than passing silently.
@@ -570,11 +572,282 @@ async fn console_in_chromium_shows_a_refused_token_and_what_is_off() {
         )
         .await;
     assert_eq!(after, json!(["closed · 1001 shutdown", "disconnected"]));
-    let buttons = page
-        .eval(
-            "[document.getElementById('connect').classList.contains('primary'),
-              document.getElementById('disconnect').disabled]",
+    // A shutdown is not the user's choice: the page keeps trying to
+    // reconnect, and Disconnect is what stops it.
+    let retrying = page
+        .wait_for(
+            "a reconnect to be scheduled",
+            "const r = document.getElementById('reconnect-info');
+             return r.textContent.startsWith('reconnecting in')
+                 && !document.getElementById('disconnect').disabled;",
         )
         .await;
-    assert_eq!(buttons, json!([true, true]));
+    assert_eq!(retrying, true);
+    page.eval("document.getElementById('disconnect').click()")
+        .await;
+    let stopped = page
+        .wait_for(
+            "the reconnects to stop",
+            "const s = document.getElementById('status');
+             return document.getElementById('reconnect-info').textContent === ''
+                 && document.getElementById('disconnect').disabled
+                 && s.dataset.state === 'closed'
+                 && [document.getElementById('connect').classList.contains('primary'), s.textContent];",
+        )
+        .await;
+    assert_eq!(stopped, json!([true, "closed · 1001 shutdown"]));
+}
+
+const RECOVERY_TOPIC: &str = "t-recovery";
+/// A topic with no history until the gateway is down.
+const QUIET_TOPIC: &str = "t-quiet";
+
+/// JS: the console's card for `topic` (a plain name: no quote to escape).
+fn card(topic: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('[data-testid=topic-card]')]
+            .find((c) => c.dataset.topic === '{topic}')"
+    )
+}
+
+/// JS (a function body): once `topic`'s card shows `count` messages, its
+/// messages oldest first as `[offset, epoch, snapshot, replayed]`.
+fn messages_once(topic: &str, count: usize) -> String {
+    let card = card(topic);
+    format!(
+        "const c = {card};
+         if (!c || c.querySelector('[data-testid=message-count]').textContent !== '{count}') return null;
+         return [...c.querySelectorAll('[data-testid=message]')].reverse().map((m) =>
+             [Number(m.dataset.offset), m.dataset.epoch,
+              JSON.parse(m.querySelector('pre').textContent), m.dataset.replayed === 'true']);"
+    )
+}
+
+/// The gateway on `addr` (an address a previous gateway listened on).
+async fn gateway_on(addr: std::net::SocketAddr, config: topicgate::Config) -> topicgate::Gateway {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("bind the previous gateway's port again");
+    let gateway = topicgate::Gateway::start(listener, config).expect("gateway starts");
+    let mut ready = gateway.broker_ready();
+    tokio::time::timeout(EVENT_TIMEOUT, ready.wait_for(|r| *r))
+        .await
+        .expect("broker ready in time")
+        .expect("broker alive");
+    gateway
+}
+
+/// `FCALL topicgate_publish 1 topic payload`: the recorded offset.
+async fn fcall(conn: &mut redis::aio::MultiplexedConnection, topic: &str, payload: &str) -> u64 {
+    redis::cmd("FCALL")
+        .arg("topicgate_publish")
+        .arg(1)
+        .arg(topic)
+        .arg(payload)
+        .query_async(conn)
+        .await
+        .expect("FCALL topicgate_publish")
+}
+
+/// Records `{"n": n}` on `topic` for each `n`, checking each gets offset `n`.
+async fn record_run(
+    conn: &mut redis::aio::MultiplexedConnection,
+    topic: &str,
+    run: std::ops::RangeInclusive<u64>,
+) {
+    for n in run {
+        assert_eq!(fcall(conn, topic, &json!({"n": n}).to_string()).await, n);
+    }
+}
+
+#[tokio::test]
+async fn console_in_chromium_recovers_what_it_missed_while_the_gateway_restarted() {
+    let mut redis = RedisServer::start();
+    let config = || {
+        base_config(
+            Some(&redis),
+            &format!(
+                "[server]\nconsole = true\n[api]\nkey = \"{API_KEY}\"\n\
+                 [redis]\nreconnect_max_secs = 1\n"
+            ),
+        )
+    };
+    let first = start_gateway(config()).await;
+    let addr = first.addr;
+    let (_chromium, devtools) = Chromium::launch().await;
+    let cdp = Cdp::connect(&devtools).await;
+    let token = token(json!({"sub": "browser"}));
+    let url = format!(
+        "http://{addr}/console?token={token}&topics={RECOVERY_TOPIC},{QUIET_TOPIC}&connect=1"
+    );
+    let mut page = Page::open(cdp, &url).await;
+    let (recovery_card, quiet_card) = (card(RECOVERY_TOPIC), card(QUIET_TOPIC));
+    page.wait_for(
+        "the topics subscribed",
+        &format!(
+            "const a = {recovery_card}; const b = {quiet_card};
+             return a && b && a.dataset.state === 'subscribed' && b.dataset.state === 'subscribed';"
+        ),
+    )
+    .await;
+
+    // The first recorded message comes from the Publish panel, which shows
+    // the offset and epoch POST /publish answered with.
+    page.eval(&format!(
+        "document.getElementById('api-key').value = '{API_KEY}';
+         document.getElementById('publish-topic').value = '{RECOVERY_TOPIC}';
+         document.getElementById('publish-data').value = '{{\"n\":1}}';
+         document.getElementById('publish').click();"
+    ))
+    .await;
+    let published = page
+        .wait_for(
+            "the publish result",
+            "const r = document.getElementById('publish-result');
+             return r.dataset.ok && [r.dataset.ok, r.dataset.offset, r.dataset.epoch, r.textContent];",
+        )
+        .await;
+    assert_eq!(published[0], "true", "{published}");
+    assert_eq!(published[1], "1", "{published}");
+    let epoch = published[2].as_str().expect("an epoch").to_string();
+    let text = published[3].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with(&format!(
+            "published to {RECOVERY_TOPIC} (offset 1, epoch {epoch})"
+        )),
+        "{text}"
+    );
+    // Two more from a Redis client.
+    let mut conn = redis.connection().await;
+    record_run(&mut conn, RECOVERY_TOPIC, 2..=3).await;
+    let seen = page
+        .wait_for("three recorded messages", &messages_once(RECOVERY_TOPIC, 3))
+        .await;
+    let expected = |offsets: std::ops::RangeInclusive<u64>, replayed: &[u64]| {
+        offsets
+            .map(|n| json!([n, epoch, {"n": n}, replayed.contains(&n)]))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(seen, json!(expected(1..=3, &[])));
+    let position = page
+        .eval(&format!(
+            "{recovery_card}.querySelector('[data-testid=topic-position]').textContent"
+        ))
+        .await;
+    assert_eq!(position, json!(format!("epoch {epoch} · offset 3")));
+
+    // The gateway goes away; three more are recorded while it is down, and
+    // the quiet topic's first two, of which the page knows no position.
+    first.shutdown().await;
+    page.wait_for(
+        "the page to see the close",
+        "return document.getElementById('close-info').textContent.startsWith('code 1001 shutdown');",
+    )
+    .await;
+    record_run(&mut conn, RECOVERY_TOPIC, 4..=6).await;
+    record_run(&mut conn, QUIET_TOPIC, 1..=2).await;
+
+    // A gateway comes back on the same address: the page reconnects,
+    // subscribes with its last positions and shows exactly what it missed.
+    let second = gateway_on(addr, config()).await;
+    let seen = page
+        .wait_for(
+            "the missed messages replayed",
+            &messages_once(RECOVERY_TOPIC, 6),
+        )
+        .await;
+    assert_eq!(seen, json!(expected(1..=6, &[4, 5, 6])));
+    let quiet = page
+        .wait_for(
+            "the quiet topic's missed messages",
+            &messages_once(QUIET_TOPIC, 2),
+        )
+        .await;
+    let quiet_epoch = quiet[0][1].as_str().expect("an epoch").to_string();
+    assert_eq!(
+        quiet,
+        json!([[1, quiet_epoch, {"n": 1}, true], [2, quiet_epoch, {"n": 2}, true]])
+    );
+    let recovery = page
+        .wait_for(
+            "the recovery shown",
+            &format!(
+                "const shown = (c) => {{
+                     const r = c.querySelector('[data-testid=topic-recovery]');
+                     return c.dataset.state === 'subscribed' && [r.dataset.recovered, r.textContent];
+                 }};
+                 const a = shown({recovery_card}); const b = shown({quiet_card});
+                 return a && b && [a, b];"
+            ),
+        )
+        .await;
+    assert_eq!(
+        recovery,
+        json!([
+            ["true", "recovered: 3 replayed"],
+            ["true", "recovered: 2 replayed"]
+        ])
+    );
+    // What the page sent after authorizing again, oldest first: the
+    // recorded topic resumes from offset 3; the quiet one, held without a
+    // position, learns the epoch from the reply and subscribes again from 0.
+    let sent = page
+        .eval(
+            "const sent = [...document.querySelectorAll('#frames [data-testid=frame][data-dir=sent] pre')]
+                 .map((p) => JSON.parse(p.textContent)).reverse();
+             const at = sent.findLastIndex((f) => f.action === 'authorization');
+             sent.slice(at + 1).map((f) => [f.action, f.context, f.since ?? null])",
+        )
+        .await;
+    assert_eq!(
+        sent,
+        json!([
+            ["subscribe", RECOVERY_TOPIC, {"epoch": epoch, "offset": 3}],
+            ["subscribe", QUIET_TOPIC, null],
+            ["unsubscribe", QUIET_TOPIC, null],
+            ["subscribe", QUIET_TOPIC, {"epoch": quiet_epoch, "offset": 0}],
+        ])
+    );
+    assert_eq!(
+        page.eval("document.getElementById('status').dataset.state")
+            .await,
+        "authenticated"
+    );
+    // Live delivery goes on after the replay.
+    record_run(&mut conn, RECOVERY_TOPIC, 7..=7).await;
+    let seen = page
+        .wait_for("a live message", &messages_once(RECOVERY_TOPIC, 7))
+        .await;
+    assert_eq!(seen, json!(expected(1..=7, &[4, 5, 6])));
+
+    // Redis restarts empty: the history is lost, and the page shows the
+    // gap frame with the new position before the new epoch's messages.
+    let mut ready = second.broker_ready();
+    redis.restart();
+    ready.wait_for(|up| !*up).await.expect("broker alive");
+    ready.wait_for(|up| *up).await.expect("broker alive");
+    let mut conn = redis.connection().await;
+    record_run(&mut conn, RECOVERY_TOPIC, 1..=1).await;
+    let after = page
+        .wait_for(
+            "the gap and the new epoch's first message",
+            &format!(
+                "const c = {recovery_card};
+                 const items = [...c.querySelectorAll('[data-testid=messages] > li')];
+                 if (c.querySelector('[data-testid=message-count]').textContent !== '8') return null;
+                 return items.slice(0, 2).map((li) => li.dataset.testid === 'gap'
+                     ? ['gap', li.textContent] : ['message', Number(li.dataset.offset), li.dataset.epoch]);"
+            ),
+        )
+        .await;
+    let new_epoch = after[0][2].as_str().expect("the new epoch").to_string();
+    assert_ne!(new_epoch, epoch);
+    let gap = after[1][1].as_str().unwrap_or_default();
+    assert!(
+        gap.ends_with(&format!(
+            "gap: history lost, now at epoch {new_epoch} offset 0"
+        )),
+        "{after}"
+    );
+    assert_eq!(after[0][1], 1, "{after}");
 }

@@ -1,7 +1,8 @@
 import { backoffDelay } from './backoff.js';
 import { Emitter } from './emitter.js';
+import { Connection, failPending, type WebSocketConstructor, type WebSocketLike } from './connection.js';
 import { TopicgateError } from './errors.js';
-import { parseFrame, type ServerFrame } from './protocol.js';
+import { parseFrame, positionOf, type ServerFrame } from './protocol.js';
 import { Subscription, type MessageHandler } from './subscription.js';
 
 /** The connection's state, as the `state` event reports it. */
@@ -10,22 +11,7 @@ export type ConnectionState = 'connecting' | 'connected' | 'disconnected' | 'clo
 /** A token, or a function the client calls for a fresh one on every (re)authorization. */
 export type TokenSource = string | (() => string | Promise<string>);
 
-/**
- * The part of the WebSocket API this client uses: browsers' and the `ws`
- * package's. Event parameters are `any` so that both classes fit; the client
- * reads only `data` of a message event.
- */
-export interface WebSocketLike {
-  send(data: string): void;
-  close(code?: number, reason?: string): void;
-  onopen: ((event: any) => void) | null;
-  onmessage: ((event: any) => void) | null;
-  onclose: ((event: any) => void) | null;
-  onerror: ((event: any) => void) | null;
-}
-
-/** A WebSocket class: the browser's, or e.g. the `ws` package's on Node < 22. */
-export type WebSocketConstructor = new (url: string) => WebSocketLike;
+export type { WebSocketConstructor, WebSocketLike };
 
 export interface TopicgateClientOptions {
   /** Omit in bypass mode, where no authorization is needed. */
@@ -43,20 +29,6 @@ export type ClientEvents = {
   state: [ConnectionState];
   error: [TopicgateError];
 };
-
-/** One WebSocket and what belongs to it alone; replaced on every reconnect. */
-class Connection {
-  /** The session id from the greeting, echoed in every request. */
-  session: string | undefined;
-  /** Authorized (or, without a token, greeted): requests may go out. */
-  ready = false;
-  /** Requests awaiting their reply, by id. */
-  readonly pending = new Map<number, (frame: ServerFrame | TopicgateError) => void>();
-  /** The code of the gateway's final `client disconnect` frame. */
-  farewell: TopicgateError | undefined;
-
-  constructor(readonly ws: WebSocketLike) {}
-}
 
 interface Deferred<T> {
   resolve(value: T): void;
@@ -213,6 +185,7 @@ export class TopicgateClient extends Emitter<ClientEvents> {
     for (const sub of this.subs.values()) {
       sub.status = 'subscribing';
       sub.inflight = false;
+      sub.rejoining = false;
     }
     if (this.stopped) return;
     this.setState('disconnected');
@@ -334,12 +307,37 @@ export class TopicgateClient extends Emitter<ClientEvents> {
       this.subscribeFailed(conn, sub, new TopicgateError(reply.error, reply.detail ?? ''));
       return;
     }
+    const position = positionOf(reply);
+    if (sub.confirmed && !since && position && position.offset > 0) {
+      // Held before, when the topic had no history: every message recorded
+      // since is one this subscription missed while away.
+      await this.rejoinFromStart(conn, sub, position.epoch);
+      return;
+    }
     sub.confirm(since, reply);
     if (!sub.confirmed) {
       sub.confirmed = true;
       this.firstReply.get(sub)?.resolve(sub);
       this.firstReply.delete(sub);
     }
+  }
+
+  /**
+   * Subscribes `sub` again from offset 0 of `epoch`, so the history's
+   * whole run is replayed in order. Recorded deliveries that arrive before
+   * the unsubscribe's reply are dropped: the replay brings them again.
+   * Should anything interrupt this, the position is already set, and the
+   * next resubscribe recovers from it.
+   */
+  private async rejoinFromStart(conn: Connection, sub: Subscription, epoch: string): Promise<void> {
+    sub.pos = { epoch, offset: 0 };
+    sub.inflight = true;
+    sub.rejoining = true;
+    const left = await this.request(conn, { action: 'unsubscribe', context: sub.topic });
+    sub.rejoining = false;
+    sub.inflight = false;
+    if (left instanceof TopicgateError || this.conn !== conn || this.subs.get(sub.topic) !== sub) return;
+    await this.sendSubscribe(conn, sub);
   }
 
   private subscribeFailed(conn: Connection, sub: Subscription, error: TopicgateError): void {
@@ -392,9 +390,4 @@ export class TopicgateClient extends Emitter<ClientEvents> {
     const sub = typeof frame.context === 'string' ? this.subs.get(frame.context) : undefined;
     sub?.lost(frame);
   }
-}
-
-function failPending(conn: Connection, error: TopicgateError): void {
-  for (const settle of conn.pending.values()) settle(error);
-  conn.pending.clear();
 }

@@ -66,6 +66,8 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   inflight = false;
   /** @internal Failed resubscribes in a row, for the retry backoff. */
   retries = 0;
+  /** @internal Leaving to subscribe again from offset 0: recorded deliveries wait for the replay. */
+  rejoining = false;
   /** @internal The detail of a revocation being checked with a resubscribe. */
   revokedDetail: string | undefined;
   /** @internal */
@@ -129,6 +131,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
       callSafely(this.handler, frame.snapshot, { topic });
       return;
     }
+    if (this.rejoining) return;
     const last = this.pos;
     if (last && last.epoch === position.epoch && position.offset <= last.offset) return;
     this.pos = position;
