@@ -13,25 +13,25 @@
 //! arrives after a `recovered:true` reply with an offset at or below the
 //! reply's is a replayed one, timed into its own histogram.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Map, Value, json};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, timeout};
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{self, SetupError, Target, Ws};
+use crate::client::{self, Target, Ws};
 use crate::publisher::{self, Method, Schedule};
-use crate::stats::{Histogram, Stats, scan_delivery, scan_string};
-use crate::track::{Jitter, Outcome, Position, Tracker, scan_position, scan_recovered};
+use crate::stats::{Histogram, Stats};
+use crate::track::{Jitter, Tracker};
 use crate::{Args, Plan, Scenario};
 
 mod report;
+mod session;
+
+use session::{Client, abort};
 
 /// Storm phases, in order; clients wait on a `watch` of the current one.
 const HOLD: u8 = 0;
@@ -80,197 +80,10 @@ pub struct Shared {
     pub reconnect_delay: Duration,
 }
 
-/// One client across its connections.
-struct Client {
-    topic: String,
-    topic_index: usize,
-    token: String,
-    source: Option<IpAddr>,
-    tracker: Tracker,
-    position: Option<Position>,
-    /// After a `recovered:true` reply: the reply's offset, the end of the
-    /// replay.
-    replay_until: Option<u64>,
-    complete: bool,
-}
-
-impl Client {
-    /// Connects, authorizes and subscribes, with `since` when recovering
-    /// and a position is known.
-    async fn connect(&mut self, shared: &Shared) -> Result<Ws, SetupError> {
-        let (mut ws, session) = client::open(&shared.target, self.source).await?;
-        client::request(&mut ws, "authorization", &session, &self.token, "session").await?;
-        let since = match (&self.position, shared.recover) {
-            (Some(p), true) => format!(
-                r#","since":{{"epoch":"{}","offset":{}}}"#,
-                p.epoch, p.offset
-            ),
-            _ => String::new(),
-        };
-        let text = format!(
-            r#"{{"action":"subscribe","session":"{session}","context":"{}"{since}}}"#,
-            self.topic
-        );
-        ws.send(Message::text(text))
-            .await
-            .map_err(|e| SetupError::new("subscribe", e))?;
-        loop {
-            let frame = client::next_text(&mut ws).await?;
-            if frame.starts_with(r#"{"action":"subscribe""#) {
-                if let Some(code) = scan_string(&frame, "error") {
-                    return Err(SetupError::new("subscribe", code));
-                }
-                self.on_reply(&frame, shared);
-                return Ok(ws);
-            }
-            self.on_frame(&frame, shared);
-        }
-    }
-
-    fn on_reply(&mut self, frame: &str, shared: &Shared) {
-        let counters = &shared.counters;
-        let recovered = scan_recovered(frame);
-        self.replay_until = None;
-        match recovered {
-            Some(true) => {
-                counters.recovered.fetch_add(1, Relaxed);
-                self.replay_until = scan_position(frame).map(|p| p.offset);
-            }
-            Some(false) => {
-                counters.not_recovered.fetch_add(1, Relaxed);
-            }
-            None => {
-                counters.plain_subscribes.fetch_add(1, Relaxed);
-            }
-        }
-        // After recovered:true the replay moves the position; otherwise
-        // the client goes on from the reply's position.
-        if recovered != Some(true)
-            && let Some(p) = scan_position(frame)
-        {
-            self.advance(p);
-        }
-    }
-
-    fn advance(&mut self, p: Position) {
-        match &self.position {
-            Some(q) if q.epoch == p.epoch && q.offset >= p.offset => {}
-            Some(q) if q.epoch != p.epoch => {
-                self.tracker.restart_offsets();
-                self.position = Some(p);
-            }
-            _ => self.position = Some(p),
-        }
-    }
-
-    fn on_frame(&mut self, frame: &str, shared: &Shared) {
-        let counters = &shared.counters;
-        if frame.starts_with(r#"{"action":"message""#) {
-            let now = shared.epoch.elapsed().as_nanos() as u64;
-            let Some((seq, sent)) = scan_delivery(frame) else {
-                // The warm-up message, replayed to a client recovering from
-                // the first position, lands here too.
-                shared.stats.unparsed.fetch_add(1, Relaxed);
-                return;
-            };
-            let position = scan_position(frame);
-            let offset = position.as_ref().map(|p| p.offset);
-            let outcome = self.tracker.record(seq, offset);
-            if matches!(outcome, Outcome::New | Outcome::OutOfOrder) {
-                counters.unique.fetch_add(1, Relaxed);
-                let latency = now.saturating_sub(sent);
-                match (self.replay_until, offset) {
-                    (Some(end), Some(o)) if o <= end => {
-                        counters.replayed.fetch_add(1, Relaxed);
-                        shared.replay.record(latency);
-                    }
-                    _ => shared.stats.latency.record(latency),
-                }
-                shared.stats.received.fetch_add(1, Relaxed);
-            }
-            if let Some(p) = position {
-                self.advance(p);
-            }
-            let goal = shared.goals[self.topic_index].load(Relaxed);
-            if goal > 0 && !self.complete && self.tracker.unique >= goal {
-                self.complete = true;
-                counters.completed.fetch_add(1, Relaxed);
-                let start = shared.reconnect_at_ns.load(Relaxed);
-                shared.completion.record(now.saturating_sub(start));
-            }
-        } else if frame.starts_with(r#"{"action":"gap""#) {
-            counters.gaps.fetch_add(1, Relaxed);
-            if let Some(p) = scan_position(frame) {
-                self.advance(p);
-            }
-        } else if let Some(code) = scan_string(frame, "error") {
-            shared.stats.error(format!("server error frame: {code}"));
-        }
-    }
-
-    /// Reads until `until` resolves (its output) or the server ends the
-    /// connection (`None`, counted by reason).
-    async fn read<T>(
-        &mut self,
-        ws: &mut Ws,
-        shared: &Shared,
-        until: impl Future<Output = T>,
-    ) -> Option<T> {
-        tokio::pin!(until);
-        loop {
-            tokio::select! {
-                message = ws.next() => match message {
-                    Some(Ok(Message::Text(text))) => self.on_frame(text.as_str(), shared),
-                    Some(Ok(Message::Close(frame))) => {
-                        let code = frame.map(|f| u16::from(f.code)).unwrap_or(0);
-                        if code == 1013 {
-                            shared.counters.slow_consumer_closes.fetch_add(1, Relaxed);
-                        }
-                        shared.counters.server_closes.fetch_add(1, Relaxed);
-                        shared.stats.error(format!("closed by server: {code}"));
-                        return None;
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        shared.stats.error(format!("read error: {e}"));
-                        return None;
-                    }
-                    None => {
-                        shared.stats.error("closed by server: eof");
-                        return None;
-                    }
-                },
-                out = &mut until => return Some(out),
-            }
-        }
-    }
-
-    /// Reconnects after `shared.reconnect_delay`, retrying failures, until
-    /// connected or `stop` flips (then `None`).
-    async fn reconnect(&mut self, shared: &Shared, stop: &mut watch::Receiver<u8>) -> Option<Ws> {
-        loop {
-            tokio::select! {
-                _ = sleep(shared.reconnect_delay) => {}
-                _ = stop.wait_for(|p| *p >= STOP) => return None,
-            }
-            match timeout(shared.setup_timeout, self.connect(shared)).await {
-                Ok(Ok(ws)) => {
-                    shared.counters.reconnects.fetch_add(1, Relaxed);
-                    return Some(ws);
-                }
-                Ok(Err(err)) => shared.stats.error(format!("reconnect {}", err.0)),
-                Err(_) => shared.stats.error("reconnect: timed out"),
-            }
-            shared.counters.reconnect_failures.fetch_add(1, Relaxed);
-        }
-    }
-}
-
-/// Aborts the TCP connection (RST, no close handshake): what a dropped
-/// network looks like to the gateway.
-fn abort(ws: Ws) {
-    let _ = ws.get_ref().set_zero_linger();
-    drop(ws);
+/// Waits until the phase is at least `at`; false when the run is gone.
+/// The `watch` borrow is released before returning.
+pub async fn reached(phase: &mut watch::Receiver<u8>, at: u8) -> bool {
+    phase.wait_for(|p| *p >= at).await.is_ok()
 }
 
 /// drop: live for a jittered while, abort, come back, until publishing
@@ -289,7 +102,7 @@ async fn drop_loop(
         let until = async {
             tokio::select! {
                 _ = sleep(live) => false,
-                _ = watch_end.wait_for(|p| *p >= RECONNECT) => true,
+                _ = reached(&mut watch_end, RECONNECT) => true,
             }
         };
         match c.read(&mut ws, &shared, until).await {
@@ -306,8 +119,7 @@ async fn drop_loop(
         }
     }
     // Publishing is over: read what is still due, then leave politely.
-    c.read(&mut ws, &shared, phase.wait_for(|p| *p >= STOP))
-        .await;
+    c.read(&mut ws, &shared, reached(&mut phase, STOP)).await;
     client::close(ws).await;
     c
 }
@@ -322,7 +134,7 @@ async fn storm_loop(
     permits: Arc<Semaphore>,
 ) -> Client {
     let mut watch_drop = phase.clone();
-    if c.read(&mut ws, &shared, watch_drop.wait_for(|p| *p >= DROP))
+    if c.read(&mut ws, &shared, reached(&mut watch_drop, DROP))
         .await
         .is_some()
     {
@@ -330,7 +142,7 @@ async fn storm_loop(
         abort(ws);
     }
     shared.counters.away.fetch_add(1, Relaxed);
-    if phase.wait_for(|p| *p >= RECONNECT).await.is_err() || *phase.borrow() >= STOP {
+    if !reached(&mut phase, RECONNECT).await || *phase.borrow() >= STOP {
         return c;
     }
     let mut ws = loop {
@@ -352,8 +164,7 @@ async fn storm_loop(
             return c;
         }
     };
-    c.read(&mut ws, &shared, phase.wait_for(|p| *p >= STOP))
-        .await;
+    c.read(&mut ws, &shared, reached(&mut phase, STOP)).await;
     client::close(ws).await;
     c
 }
