@@ -65,6 +65,9 @@ pub struct Shared {
     pub counters: Counters,
     /// Publish-to-receipt time of messages that came through a replay.
     pub replay: Histogram,
+    /// Time from the `recovered:true` reply to each replayed message: what
+    /// the replay itself adds, without the time the client was away.
+    pub replay_after_reply: Histogram,
     /// recovery-storm: time from the reconnect signal until a client had
     /// every message it missed.
     pub completion: Histogram,
@@ -194,6 +197,7 @@ pub async fn run(
         stats: stats.clone(),
         counters: Counters::default(),
         replay: Histogram::new(),
+        replay_after_reply: Histogram::new(),
         completion: Histogram::new(),
         goals: topics.iter().map(|_| AtomicU64::new(0)).collect(),
         reconnect_at_ns: AtomicU64::new(0),
@@ -222,6 +226,7 @@ pub async fn run(
             tracker: Tracker::new(plan.publishes as u64),
             position: None,
             replay_until: None,
+            reply_at_ns: 0,
             complete: false,
         };
         let (shared, phase, permits, ready) = (

@@ -25,6 +25,8 @@ pub struct Client {
     /// After a `recovered:true` reply: the reply's offset, the end of the
     /// replay.
     pub replay_until: Option<u64>,
+    /// Bench-clock time the last subscribe reply arrived, in ns.
+    pub reply_at_ns: u64,
     pub complete: bool,
 }
 
@@ -65,6 +67,7 @@ impl Client {
         let counters = &shared.counters;
         let recovered = scan_recovered(frame);
         self.replay_until = None;
+        self.reply_at_ns = shared.epoch.elapsed().as_nanos() as u64;
         match recovered {
             Some(true) => {
                 counters.recovered.fetch_add(1, Relaxed);
@@ -117,6 +120,9 @@ impl Client {
                     (Some(end), Some(o)) if o <= end => {
                         counters.replayed.fetch_add(1, Relaxed);
                         shared.replay.record(latency);
+                        shared
+                            .replay_after_reply
+                            .record(now.saturating_sub(self.reply_at_ns));
                     }
                     _ => shared.stats.latency.record(latency),
                 }
