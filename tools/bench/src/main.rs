@@ -173,6 +173,9 @@ pub struct Args {
 const PER_SOURCE_ADDR: usize = 20_000;
 /// File descriptors kept free for Redis, the runtime and stdio.
 const SPARE_FDS: u64 = 64;
+/// Bound on the per-client message bitmaps of drop and recovery-storm
+/// (8 Gbit = 1 GiB).
+const MAX_TRACKED_BITS: u64 = 8 << 30;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -294,6 +297,15 @@ fn plan(args: &Args, nofile: &Result<u64, String>) -> Result<Plan, String> {
         _ if publishing => (args.rate * args.duration as f64).round() as usize,
         _ => 0,
     };
+    // drop and recovery-storm keep one bit per message per client.
+    let tracked = matches!(args.scenario, Scenario::Drop | Scenario::RecoveryStorm);
+    if tracked && (publishes as u64).saturating_mul(args.connections as u64) > MAX_TRACKED_BITS {
+        return Err(format!(
+            "{publishes} messages × {} clients is more to track than {} MiB: lower --rate, --duration or -c",
+            args.connections,
+            MAX_TRACKED_BITS / 8 / 1024 / 1024
+        ));
+    }
     let source_addrs = match args.source_addrs {
         Some(n) if n > 250 => return Err("--source-addrs must be at most 250".into()),
         Some(n) => n,
