@@ -33,7 +33,9 @@ mod session;
 
 use session::{Client, abort};
 
-/// Storm phases, in order; clients wait on a `watch` of the current one.
+/// Run phases, in order; clients wait on a `watch` of the current one.
+/// The drop test uses HOLD (publishing, clients dropping), RECONNECT
+/// (publishing over: come back one last time) and STOP.
 const HOLD: u8 = 0;
 const DROP: u8 = 1;
 const RECONNECT: u8 = 2;
@@ -163,8 +165,9 @@ async fn storm_loop(
             Err(_) => shared.stats.error("reconnect: timed out"),
         }
         shared.counters.reconnect_failures.fetch_add(1, Relaxed);
-        if *phase.borrow() >= STOP {
-            return c;
+        tokio::select! {
+            _ = sleep(shared.reconnect_delay) => {}
+            _ = reached(&mut phase, STOP) => return c,
         }
     };
     c.read(&mut ws, &shared, reached(&mut phase, STOP)).await;
