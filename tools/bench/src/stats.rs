@@ -264,6 +264,17 @@ mod tests {
     }
 
     #[test]
+    fn histogram_mean_stays_within_a_bucket() {
+        let h = Histogram::new();
+        assert_eq!(h.mean(), 0.0);
+        for v in [1_000u64, 2_000, 3_000, 10_000] {
+            h.record(v);
+        }
+        let mean = h.mean();
+        assert!((mean - 4_000.0).abs() / 4_000.0 < 0.04, "{mean}");
+    }
+
+    #[test]
     fn histogram_buckets_cover_every_u64() {
         for v in [0, 1, 31, 32, 33, 63, 64, 1 << 40, u64::MAX] {
             let i = Histogram::index(v);
