@@ -37,7 +37,7 @@ pub struct Target {
 pub struct SetupError(pub String);
 
 impl SetupError {
-    fn new(step: &str, detail: impl std::fmt::Display) -> Self {
+    pub fn new(step: &str, detail: impl std::fmt::Display) -> Self {
         Self(format!("{step}: {detail}"))
     }
 }
@@ -49,6 +49,16 @@ pub async fn establish(
     token: &str,
     topics: &[String],
 ) -> Result<Ws, SetupError> {
+    let (mut ws, session) = open(target, source).await?;
+    request(&mut ws, "authorization", &session, token, "session").await?;
+    for topic in topics {
+        request(&mut ws, "subscribe", &session, topic, "subscribe").await?;
+    }
+    Ok(ws)
+}
+
+/// Connects and reads the greeting: the socket and its session id.
+pub async fn open(target: &Target, source: Option<IpAddr>) -> Result<(Ws, String), SetupError> {
     let stream = connect_tcp(target, source).await?;
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
     let (mut ws, _) =
@@ -61,11 +71,7 @@ pub async fn establish(
             break id.to_string();
         }
     };
-    request(&mut ws, "authorization", &session, token, "session").await?;
-    for topic in topics {
-        request(&mut ws, "subscribe", &session, topic, "subscribe").await?;
-    }
-    Ok(ws)
+    Ok((ws, session))
 }
 
 async fn connect_tcp(target: &Target, source: Option<IpAddr>) -> Result<TcpStream, SetupError> {
@@ -92,7 +98,7 @@ async fn connect_tcp(target: &Target, source: Option<IpAddr>) -> Result<TcpStrea
 }
 
 /// Sends one request and waits for the reply with `reply_action`.
-async fn request(
+pub async fn request(
     ws: &mut Ws,
     action: &str,
     session: &str,
@@ -116,7 +122,7 @@ async fn request(
     }
 }
 
-async fn next_text(ws: &mut Ws) -> Result<String, SetupError> {
+pub async fn next_text(ws: &mut Ws) -> Result<String, SetupError> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
@@ -178,7 +184,7 @@ pub async fn read_until_stopped(
     close(ws).await;
 }
 
-async fn close(mut ws: Ws) {
+pub async fn close(mut ws: Ws) {
     let polite = async {
         ws.close(None).await?;
         // Drain to the server's close frame so neither side sees a reset.

@@ -13,6 +13,17 @@
 //!   reports the gateway's RSS per connection.
 //! - `storm`: connect, authorize, subscribe as fast as `--concurrency`
 //!   allows; reports the gateway's CPU time per connection.
+//! - `drop`: clients on `--topics` topics, each client's TCP connection
+//!   aborted every `--drop-min-ms`..`--drop-max-ms` and reopened after
+//!   `--reconnect-ms`, resubscribing with `since` (or without, given
+//!   `--no-recover`) while FCALL publishes flow; reports delivery %,
+//!   duplicates, out-of-order deliveries and replay latency.
+//! - `recovery-storm`: every client dropped at once, `--messages` published
+//!   with FCALL, every client back at once with `since`; reports the time
+//!   until all have recovered, gateway and Redis CPU, 1013 closes.
+//!
+//! `--publish-with fcall` makes fanout and spread record every message
+//! (the cost of history); drop and recovery-storm always use FCALL.
 //!
 //! Everything is bounded: each connection's setup (`--setup-timeout`), the
 //! drain after the last publish (`--drain`) and the whole run
@@ -21,9 +32,11 @@
 
 mod client;
 mod publisher;
+mod recover;
 mod run;
 mod stats;
 mod sys;
+mod track;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -40,6 +53,8 @@ pub enum Scenario {
     Spread,
     Idle,
     Storm,
+    Drop,
+    RecoveryStorm,
 }
 
 impl Scenario {
@@ -49,6 +64,8 @@ impl Scenario {
             Scenario::Spread => "spread",
             Scenario::Idle => "idle",
             Scenario::Storm => "storm",
+            Scenario::Drop => "drop",
+            Scenario::RecoveryStorm => "recovery-storm",
         }
     }
 }
@@ -110,6 +127,31 @@ pub struct Args {
     /// idle/storm: every client on one topic instead of one topic each.
     #[arg(long)]
     pub shared_topic: bool,
+    /// How to publish: `publish` (plain PUBLISH) or `fcall` (FCALL
+    /// topicgate_publish, recorded). drop and recovery-storm always use fcall.
+    #[arg(long, value_enum, default_value_t = publisher::Method::Publish)]
+    pub publish_with: publisher::Method,
+    /// Redis's process id, for its CPU time from /proc.
+    #[arg(long)]
+    pub redis_pid: Option<u32>,
+    /// drop: resubscribe without `since` (the baseline without recovery).
+    #[arg(long)]
+    pub no_recover: bool,
+    /// drop, recovery-storm: topics the clients are spread over.
+    #[arg(long, default_value_t = 1)]
+    pub topics: usize,
+    /// drop: shortest time a connection lives before it is aborted, in ms.
+    #[arg(long, default_value_t = 3000)]
+    pub drop_min_ms: u64,
+    /// drop: longest time a connection lives before it is aborted, in ms.
+    #[arg(long, default_value_t = 5000)]
+    pub drop_max_ms: u64,
+    /// drop: time between an abort and the reconnect, in ms.
+    #[arg(long, default_value_t = 2000)]
+    pub reconnect_ms: u64,
+    /// recovery-storm: messages published while every client is away.
+    #[arg(long, default_value_t = 50)]
+    pub messages: u64,
     /// Seconds one TCP connect may take.
     #[arg(long, default_value_t = 10)]
     pub connect_timeout: u64,
@@ -131,6 +173,9 @@ pub struct Args {
 const PER_SOURCE_ADDR: usize = 20_000;
 /// File descriptors kept free for Redis, the runtime and stdio.
 const SPARE_FDS: u64 = 64;
+/// Bound on the per-client message bitmaps of drop and recovery-storm
+/// (8 Gbit = 1 GiB).
+const MAX_TRACKED_BITS: u64 = 8 << 30;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -231,15 +276,36 @@ fn plan(args: &Args, nofile: &Result<u64, String>) -> Result<Plan, String> {
     if args.connections == 0 || args.concurrency == 0 || args.publishers == 0 {
         return Err("--connections, --concurrency and --publishers must be positive".into());
     }
-    let publishing = matches!(args.scenario, Scenario::Fanout | Scenario::Spread);
+    let publishing = matches!(
+        args.scenario,
+        Scenario::Fanout | Scenario::Spread | Scenario::Drop | Scenario::RecoveryStorm
+    );
     if publishing && !(args.rate > 0.0 && args.rate <= 1e6) {
         return Err("--rate must be in (0, 1000000]".into());
     }
-    let publishes = if publishing {
-        (args.rate * args.duration as f64).round() as usize
-    } else {
-        0
+    if args.topics == 0 || args.topics > args.connections {
+        return Err("--topics must be in 1..=--connections".into());
+    }
+    if args.drop_min_ms == 0 || args.drop_max_ms < args.drop_min_ms || args.drop_max_ms > 600_000 {
+        return Err("--drop-min-ms must be positive and at most --drop-max-ms (≤ 600000)".into());
+    }
+    if args.reconnect_ms > 600_000 || !(1..=1_000_000).contains(&args.messages) {
+        return Err("--reconnect-ms must be ≤ 600000 and --messages in 1..=1000000".into());
+    }
+    let publishes = match args.scenario {
+        Scenario::RecoveryStorm => args.messages as usize,
+        _ if publishing => (args.rate * args.duration as f64).round() as usize,
+        _ => 0,
     };
+    // drop and recovery-storm keep one bit per message per client.
+    let tracked = matches!(args.scenario, Scenario::Drop | Scenario::RecoveryStorm);
+    if tracked && (publishes as u64).saturating_mul(args.connections as u64) > MAX_TRACKED_BITS {
+        return Err(format!(
+            "{publishes} messages × {} clients is more to track than {} MiB: lower --rate, --duration or -c",
+            args.connections,
+            MAX_TRACKED_BITS / 8 / 1024 / 1024
+        ));
+    }
     let source_addrs = match args.source_addrs {
         Some(n) if n > 250 => return Err("--source-addrs must be at most 250".into()),
         Some(n) => n,

@@ -29,6 +29,8 @@ pub struct Schedule {
     pub publishers: u64,
     /// Padding added to each payload, to vary the message size.
     pub padding: String,
+    /// PUBLISH or FCALL.
+    pub method: Method,
 }
 
 /// Longest wait for a Redis connection.
@@ -42,26 +44,55 @@ pub struct Running {
     pub finished: oneshot::Receiver<()>,
 }
 
-/// One publisher's connection: PUBLISH to a Redis, or SPUBLISH through a
-/// Redis Cluster connection (which routes each channel to its shard).
+/// How a message is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Method {
+    /// `PUBLISH` (`SPUBLISH` on a cluster): unrecorded, answers receivers.
+    Publish,
+    /// `FCALL topicgate_publish 1 <channel> <payload>`: recorded in the
+    /// topic's history, answers the offset (docs/PROTOCOL.md, "Positions
+    /// and recovery"). The gateway must have loaded the function.
+    Fcall,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Publish => "publish",
+            Method::Fcall => "fcall",
+        }
+    }
+}
+
+/// One publisher's connection: to a Redis, or through a Redis Cluster
+/// connection (which routes each channel, or FCALL's key, to its shard).
 enum Connection {
     Single(redis::aio::MultiplexedConnection),
     Cluster(redis::cluster_async::ClusterConnection),
 }
 
 impl Connection {
-    async fn publish(&mut self, topic: &str, body: String) -> redis::RedisResult<i64> {
+    /// Publishes `body`; the reply is the receiver count (PUBLISH) or the
+    /// offset (FCALL).
+    async fn publish(
+        &mut self,
+        method: Method,
+        topic: &str,
+        body: String,
+    ) -> redis::RedisResult<i64> {
+        let mut command = match (method, &self) {
+            (Method::Publish, Self::Single(_)) => redis::cmd("PUBLISH"),
+            (Method::Publish, Self::Cluster(_)) => redis::cmd("SPUBLISH"),
+            (Method::Fcall, _) => {
+                let mut command = redis::cmd("FCALL");
+                command.arg("topicgate_publish").arg(1);
+                command
+            }
+        };
+        command.arg(topic).arg(body);
         match self {
-            Self::Single(conn) => {
-                let mut command = redis::cmd("PUBLISH");
-                command.arg(topic).arg(body);
-                command.query_async(conn).await
-            }
-            Self::Cluster(conn) => {
-                let mut command = redis::cmd("SPUBLISH");
-                command.arg(topic).arg(body);
-                command.query_async(conn).await
-            }
+            Self::Single(conn) => command.query_async(conn).await,
+            Self::Cluster(conn) => command.query_async(conn).await,
         }
     }
 }
@@ -167,10 +198,13 @@ async fn run(
         let topic = &topics[(seq % topics.len() as u64) as usize];
         let sent = epoch.elapsed().as_nanos() as u64;
         let body = payload(seq, sent, &schedule.padding);
-        match timeout(PUBLISH_TIMEOUT, conn.publish(topic, body)).await {
-            Ok(Ok(receivers)) => {
+        let call = Instant::now();
+        let outcome = timeout(PUBLISH_TIMEOUT, conn.publish(schedule.method, topic, body)).await;
+        stats.publish_call.record(call.elapsed().as_nanos() as u64);
+        match outcome {
+            Ok(Ok(reply)) => {
                 stats.published[seq as usize].store(true, Relaxed);
-                if receivers == 0 {
+                if schedule.method == Method::Publish && reply == 0 {
                     stats.publish_no_receivers.fetch_add(1, Relaxed);
                 }
             }
@@ -179,4 +213,22 @@ async fn run(
         }
         seq += schedule.publishers;
     }
+}
+
+/// Records one unrelated message (`{"warmup":true}`) on each topic with
+/// FCALL, so every topic has a history and every subscribe reply carries
+/// a position before the run's first message.
+pub async fn warm_up(redis_url: &str, cluster: bool, topics: &[String]) -> Result<(), String> {
+    let mut conn = timeout(CONNECT_TIMEOUT, connect(redis_url, cluster))
+        .await
+        .map_err(|_| "redis: connect timed out".to_string())?
+        .map_err(|e| format!("redis: {e}"))?;
+    for topic in topics {
+        let body = r#"{"warmup":true}"#.to_string();
+        timeout(PUBLISH_TIMEOUT, conn.publish(Method::Fcall, topic, body))
+            .await
+            .map_err(|_| "warm-up FCALL timed out".to_string())?
+            .map_err(|e| format!("warm-up FCALL on {topic}: {e} (is the gateway's history on?)"))?;
+    }
+    Ok(())
 }

@@ -26,6 +26,9 @@ pub async fn run(
     stats: &Arc<Stats>,
     report: &mut Map<String, Value>,
 ) -> Result<(), String> {
+    if matches!(args.scenario, Scenario::Drop | Scenario::RecoveryStorm) {
+        return crate::recover::run(args, plan, stats, report).await;
+    }
     let epoch = Instant::now();
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let prefix = format!("bench.{run_id}");
@@ -175,7 +178,7 @@ pub async fn run(
     } else {
         match args.scenario {
             Scenario::Idle => hold(args, after_setup, report, &gateway).await,
-            Scenario::Storm => Ok(()),
+            Scenario::Storm | Scenario::Drop | Scenario::RecoveryStorm => Ok(()),
             Scenario::Fanout | Scenario::Spread => {
                 let topics: Vec<String> = if shared_topic {
                     vec![topic_of(0)]
@@ -240,11 +243,13 @@ async fn publish(
         total: stats.per_seq.len() as u64,
         publishers: args.publishers,
         padding: "x".repeat(args.payload_bytes),
+        method: args.publish_with,
     });
     let total = schedule.total;
     let topic_count = topics.len();
     let own = std::process::id();
     let (gw_before, self_before) = (gateway(report, "window_start"), sys::sample(own).ok());
+    let redis_before = args.redis_pid.and_then(|pid| sys::sample(pid).ok());
     let cores_before = sys::cores();
     let running = publisher::spawn(
         args.redis.clone(),
@@ -273,6 +278,7 @@ async fn publish(
     }
     let window = start.elapsed();
     let (gw_after, self_after) = (gateway(report, "window_end"), sys::sample(own).ok());
+    let redis_after = args.redis_pid.and_then(|pid| sys::sample(pid).ok());
     report.insert(
         "cores_busy_window".into(),
         json!(sys::cores_busy(&cores_before, &sys::cores())),
@@ -294,8 +300,13 @@ async fn publish(
             "no_receivers": stats.publish_no_receivers.load(Relaxed),
             "publishers": args.publishers,
             "payload_padding_bytes": args.payload_bytes,
+            "method": args.publish_with.name(),
+            "call_ms": stats.publish_call.summary_ms(),
         }),
     );
+    if let (Some(b), Some(a)) = (redis_before, redis_after) {
+        report.insert("redis_window".into(), redis_cpu(b, a, window, ok, received));
+    }
     report.insert(
         "deliveries".into(),
         json!({
@@ -341,8 +352,27 @@ async fn publish(
     Ok(())
 }
 
+/// Redis's CPU over a window in which it served `calls` publishes that
+/// made `deliveries` deliveries.
+pub fn redis_cpu(b: Sample, a: Sample, window: Duration, calls: u64, deliveries: u64) -> Value {
+    let cpu = a.cpu_secs - b.cpu_secs;
+    let per = |n: u64, scale: f64| {
+        if n > 0 {
+            round3(cpu / (n as f64 / scale))
+        } else {
+            0.0
+        }
+    };
+    json!({
+        "pid_cpu_secs": round3(cpu),
+        "cpu_util": round3(sys::utilisation(b, a, window)),
+        "cpu_us_per_publish": per(calls, 1e6),
+        "cpu_secs_per_million_deliveries": per(deliveries, 1e6),
+    })
+}
+
 /// The token claims of connection `i`.
-fn claims(i: usize, run_id: &str, expires: u64, args: &Args) -> Value {
+pub fn claims(i: usize, run_id: &str, expires: u64, args: &Args) -> Value {
     let mut claims = json!({
         "sub": format!("bench-{run_id}-{i}"),
         "iat": sys_now(),
@@ -357,13 +387,13 @@ fn claims(i: usize, run_id: &str, expires: u64, args: &Args) -> Value {
     claims
 }
 
-fn sys_now() -> u64 {
+pub fn sys_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-fn round3(x: f64) -> f64 {
+pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }

@@ -65,6 +65,22 @@ impl Histogram {
         self.max.load(Relaxed)
     }
 
+    /// Mean of the recorded values, from the bucket upper bounds (so within
+    /// a bucket's width, ≤ 3 %); 0 when empty.
+    pub fn mean(&self) -> f64 {
+        let total = self.count();
+        if total == 0 {
+            return 0.0;
+        }
+        let sum: f64 = self
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.load(Relaxed) as f64 * Self::upper_bound(i) as f64)
+            .sum();
+        sum / total as f64
+    }
+
     /// The value at quantile `q` (0..=1), reported as its bucket's upper
     /// bound (never above the true maximum); 0 when empty.
     pub fn quantile(&self, q: f64) -> u64 {
@@ -92,6 +108,7 @@ impl Histogram {
             "p90": ms(self.quantile(0.90)),
             "p99": ms(self.quantile(0.99)),
             "max": ms(self.max()),
+            "mean": ms(self.mean() as u64),
         })
     }
 }
@@ -102,6 +119,8 @@ pub struct Stats {
     pub latency: Histogram,
     /// Connect + authorize + subscribe time of each connection, in ns.
     pub setup: Histogram,
+    /// Time of each PUBLISH / FCALL round trip from the publisher's side, in ns.
+    pub publish_call: Histogram,
     pub received: AtomicU64,
     /// Deliveries whose payload was not ours or could not be scanned.
     pub unparsed: AtomicU64,
@@ -126,6 +145,7 @@ impl Stats {
         Self {
             latency: Histogram::new(),
             setup: Histogram::new(),
+            publish_call: Histogram::new(),
             received: AtomicU64::new(0),
             unparsed: AtomicU64::new(0),
             last_delivery_ns: AtomicU64::new(0),
@@ -241,6 +261,17 @@ mod tests {
         }
         assert_eq!(h.max(), 10_000_000);
         assert_eq!(h.quantile(1.0), 10_000_000);
+    }
+
+    #[test]
+    fn histogram_mean_stays_within_a_bucket() {
+        let h = Histogram::new();
+        assert_eq!(h.mean(), 0.0);
+        for v in [1_000u64, 2_000, 3_000, 10_000] {
+            h.record(v);
+        }
+        let mean = h.mean();
+        assert!((mean - 4_000.0).abs() / 4_000.0 < 0.04, "{mean}");
     }
 
     #[test]
