@@ -74,7 +74,7 @@ async fn a_token_expiring_centuries_away_authorizes_and_the_connection_keeps_wor
     c.subscribed("chat-far").await;
     publish(addr, "chat-far", "still here").await;
     assert_eq!(
-        c.recv().await,
+        unpositioned(c.recv().await),
         json!({"action":"message","topic":"chat-far","snapshot":"still here"})
     );
     assert_eq!(

@@ -100,11 +100,7 @@ impl Publish for Publisher {
         payload: Bytes,
     ) -> BoxFuture<'static, Result<Option<Position>, BrokerError>> {
         async move {
-            let pool = self.pool.as_ref().map_err(Clone::clone)?;
-            let mut conn = pool
-                .get()
-                .await
-                .map_err(|err| from_pool(&err, &self.addr))?;
+            let mut conn = self.pooled().await?;
             let channel = format!("{}{topic}", self.prefix);
             let published = self.publish_on(&mut conn, &channel, &payload).await;
             discard_if_broken(conn, &published);
@@ -119,11 +115,7 @@ impl Publish for Publisher {
         since: Option<Position>,
     ) -> BoxFuture<'static, Result<Range, BrokerError>> {
         async move {
-            let pool = self.pool.as_ref().map_err(Clone::clone)?;
-            let mut conn = pool
-                .get()
-                .await
-                .map_err(|err| from_pool(&err, &self.addr))?;
+            let mut conn = self.pooled().await?;
             let channel = format!("{}{topic}", self.prefix);
             let range = self
                 .library
@@ -137,6 +129,12 @@ impl Publish for Publisher {
 }
 
 impl Publisher {
+    /// A connection from the pool, or why none can be had.
+    async fn pooled(&self) -> Result<deadpool_redis::Connection, BrokerError> {
+        let pool = self.pool.as_ref().map_err(Clone::clone)?;
+        pool.get().await.map_err(|err| from_pool(&err, &self.addr))
+    }
+
     /// Records (FCALL) or publishes `payload` to `channel` on `conn`.
     async fn publish_on(
         &self,
