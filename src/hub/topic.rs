@@ -97,6 +97,15 @@ impl Topic {
             Arc::make_mut(&mut self.subscribers).retain(|c| c.id != id);
         }
         self.joining.retain(|j| j.client.id != id);
+        self.release_joining();
+    }
+
+    /// Frees the joiners' room once none is left: a topic keeps its entry
+    /// as long as it has subscribers, and most topics see one join.
+    fn release_joining(&mut self) {
+        if self.joining.is_empty() {
+            self.joining = Vec::new();
+        }
     }
 
     /// Orders a live message: recorded messages go out once each, in
@@ -222,9 +231,16 @@ impl Topic {
                 }
             }
             if open {
-                Arc::make_mut(&mut self.subscribers).push(client);
+                let subscribers = Arc::make_mut(&mut self.subscribers);
+                // Room for exactly the first one (most topics have one
+                // subscriber per replica); later ones grow as usual.
+                if subscribers.capacity() == 0 {
+                    subscribers.reserve_exact(1);
+                }
+                subscribers.push(client);
             }
         }
+        self.release_joining();
     }
 }
 

@@ -127,3 +127,24 @@ fn a_joiner_that_left_is_not_completed() {
     };
     assert!(!topic.complete(1, completion));
 }
+
+#[test]
+fn a_finished_join_leaves_no_room_behind() {
+    // Every idle topic pays for what its entry keeps: a joiner's slot must
+    // not outlive the join, and a lone subscriber takes one slot.
+    let client = ClientHandle::new(1, 16);
+    let mut topic = Topic::new(Vec::new(), Vec::new());
+    topic.join(client.clone());
+    let completion = Completion {
+        frames: vec![Outbound::reply(Frame::from_static("reply"))],
+        last: None,
+    };
+    assert!(topic.complete(1, completion));
+    assert_eq!(topic.joining.capacity(), 0);
+    assert_eq!(topic.subscribers.capacity(), 1);
+
+    let mut left = Topic::new(Vec::new(), Vec::new());
+    left.join(ClientHandle::new(2, 16));
+    left.remove(2);
+    assert_eq!(left.joining.capacity(), 0);
+}
