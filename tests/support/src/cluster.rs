@@ -242,14 +242,22 @@ impl RedisCluster {
             .unwrap_or_else(|| panic!("PUBSUB SHARDNUMSUB answered {text:?}"))
     }
 
-    /// Waits until every running node reports `cluster_state:ok`.
+    /// Waits until every node reports `cluster_state:ok` and knows every
+    /// other node: a node added moments ago may not have reached them all
+    /// by gossip yet, and a reshard towards it would fail with "Unknown
+    /// node" on those that have not.
     pub async fn wait_until_ok(&self) {
-        eventually("cluster_state:ok on every node", || async {
-            (0..self.nodes.len()).all(|node| {
-                self.cli(node, &["CLUSTER", "INFO"])
-                    .contains("cluster_state:ok")
-            })
-        })
+        let nodes = self.nodes.len();
+        eventually(
+            "cluster_state:ok on every node, each knowing all",
+            || async {
+                (0..nodes).all(|node| {
+                    self.cli(node, &["CLUSTER", "INFO"])
+                        .contains("cluster_state:ok")
+                        && self.cli(node, &["CLUSTER", "NODES"]).lines().count() == nodes
+                })
+            },
+        )
         .await;
     }
 
