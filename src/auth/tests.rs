@@ -783,8 +783,12 @@ fn spki_pem(der: &[u8]) -> String {
 
 #[test]
 fn config_errors_name_the_key() {
-    let dir = std::env::temp_dir().join(format!("topicgate-auth-keys-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Removed when the test ends, pass or fail.
+    let scratch = tempfile::Builder::new()
+        .prefix("topicgate-auth-keys-")
+        .tempdir()
+        .unwrap();
+    let dir = scratch.path();
     // An Ed25519 SPKI holding 16 bytes instead of 32.
     let mut short_ed = vec![
         0x30, 0x1a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x11, 0x00,
@@ -962,7 +966,6 @@ fn config_errors_name_the_key() {
             "{name}: expected {key}: ...{reason}..., got {issues:?}"
         );
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
