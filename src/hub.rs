@@ -204,8 +204,9 @@ impl Deliver for Registry {
                 position: position.cloned(),
                 arrived,
             };
-            match entry.admit(position, hold, || self.next_catch_up()) {
+            match entry.admit(position, payload, hold, || self.next_catch_up()) {
                 Admit::Deliver => {}
+                Admit::Stale => return,
                 Admit::Late => {
                     if !entry.joining.is_empty() {
                         entry.buffer(&encode(), position, arrived);
