@@ -9,13 +9,16 @@
 //!
 //! The lagging replica is real: a `redis-server` restarted on the same port
 //! from a snapshot taken before the lost messages, which is what a replica
-//! that missed them holds.
+//! that missed them holds; and on a Redis Cluster, a replica frozen while
+//! its master records, then promoted with `CLUSTER FAILOVER TAKEOVER`.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use topicgate_test_support as common;
 
+use common::cluster::RedisCluster;
 use common::*;
 
 /// `redis-cli -p port args…`, trimmed.
@@ -217,4 +220,102 @@ async fn a_lossless_restart_keeps_the_epoch_and_catches_up() {
         let (offset, epoch, snapshot) = next_delivery(&mut c, "t-kept").await;
         assert_eq!((offset, epoch, snapshot), (n, old.clone(), json!(n)));
     }
+}
+
+/// Adds a replica of node `master` to `cluster` (`redis-cli --cluster add-node`).
+fn join_replica(cluster: &mut RedisCluster, master: usize) -> usize {
+    let node = cluster.add_node();
+    common::cluster::redis_cli(&[
+        "--cluster".to_string(),
+        "add-node".to_string(),
+        format!("127.0.0.1:{}", cluster.nodes[node].port),
+        format!("127.0.0.1:{}", cluster.nodes[0].port),
+        "--cluster-slave".to_string(),
+        "--cluster-master-id".to_string(),
+        cluster.node_id(master),
+    ]);
+    node
+}
+
+#[tokio::test]
+async fn a_cluster_failover_to_a_replica_that_missed_the_last_records_starts_a_new_epoch() {
+    let mut cluster = RedisCluster::start(3).await;
+    let replica = join_replica(&mut cluster, 0);
+    eventually("the replica in sync with node 0", || async {
+        cluster
+            .cli(replica, &["INFO", "replication"])
+            .contains("master_link_status:up")
+    })
+    .await;
+    cluster.wait_until_ok().await;
+    let config = cluster.gateway_config("[redis]\nhealth_check_secs = 1\n");
+    let gateway = start_gateway(config).await;
+    let topic = cluster.topic_per_shard("t-takeover")[0].clone();
+    let mut c = client(gateway.addr).await;
+    c.subscribed(&topic).await;
+    let publish = |n: u64| {
+        let payload = n.to_string();
+        let args = ["-c", "FCALL", "topicgate_publish", "1", &topic, &payload];
+        assert_eq!(cluster.cli(1, &args).trim(), payload);
+    };
+    for n in 1..=4 {
+        publish(n);
+        let (offset, _, _) = next_delivery(&mut c, &topic).await;
+        assert_eq!(offset, n);
+    }
+    // The replica holds 1..4, and nothing after them.
+    assert_eq!(cluster.cli(0, &["WAIT", "1", "5000"]).trim(), "1");
+    // Frozen, and cut off: what its master records next never reaches it
+    // (bytes already in its socket would be read on SIGCONT).
+    cluster.nodes[replica].signal("STOP");
+    assert_eq!(
+        cluster
+            .cli(0, &["CLIENT", "KILL", "TYPE", "replica"])
+            .trim(),
+        "1"
+    );
+    let mut old = String::new();
+    for n in 5..=7 {
+        publish(n);
+        let (offset, epoch, _) = next_delivery(&mut c, &topic).await;
+        assert_eq!(offset, n);
+        old = epoch;
+    }
+
+    // The master dies before replicating 5..7; its replica takes over.
+    // (A master frozen rather than dead also stops the gateway's cluster
+    // connection for commands from mapping the slots afresh.)
+    let mut ready = gateway.broker_ready();
+    cluster.nodes[0].kill();
+    cluster.nodes[replica].signal("CONT");
+    assert_eq!(
+        cluster
+            .cli(replica, &["CLUSTER", "FAILOVER", "TAKEOVER"])
+            .trim(),
+        "OK"
+    );
+    ready.wait_for(|up| !*up).await.expect("broker alive");
+    // Slot-map checks and health checks take a few seconds to follow it.
+    tokio::time::timeout(Duration::from_secs(60), ready.wait_for(|up| *up))
+        .await
+        .expect("the gateway follows the takeover")
+        .expect("broker alive");
+    // Whether or not the gateway has read the new master yet, the next
+    // record there shows the reuse at the latest: offset 5 of the old
+    // epoch (dropped with it), or 1 of the new one.
+    let args = ["-c", "FCALL", "topicgate_publish", "1", &topic, "\"probe\""];
+    let probe: u64 = cluster.cli(1, &args).trim().parse().expect("an offset");
+    let new = expect_new_epoch_gap(&mut c, &topic, &old).await;
+    let args = ["-c", "FCALL", "topicgate_publish", "1", &topic, "\"after\""];
+    let after: u64 = cluster.cli(1, &args).trim().parse().expect("an offset");
+    let mut frame = next_delivery(&mut c, &topic).await;
+    if probe == 1 {
+        assert_eq!(frame, (1, new.clone(), json!("probe")));
+        frame = next_delivery(&mut c, &topic).await;
+    } else {
+        assert_eq!(probe, 5, "the old epoch went on from the replica's 4");
+    }
+    assert_eq!(frame, (after, new, json!("after")));
+    let reply = subscribe_since(gateway.addr, &topic, json!({"epoch": old, "offset": 7})).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
 }

@@ -91,6 +91,7 @@ impl Registry {
             }
         };
         let now = Instant::now();
+        let unverified = missing.is_err();
         let missing = missing.unwrap_or_else(|err| {
             tracing::warn!(%topic, error = %err, "cannot read the missing range");
             // Delivery goes on from the first held message, after a gap.
@@ -170,6 +171,8 @@ impl Registry {
                 return;
             }
         }
+        // Only later messages may start another read: held ones go out now.
+        entry.unverified = unverified;
         entry.promote();
         drop(topics);
         self.count_dropped(dropped);

@@ -38,6 +38,11 @@ pub(super) struct Topic {
     /// The epoch a gap moved delivery away from: its frames still in
     /// flight are stale, not a reason to catch up again.
     pub retired: Option<Arc<str>>,
+    /// The last catch-up could not read the history, so whether it still
+    /// holds `last` is unknown: a live message at or below `last` may then
+    /// be a lost offset given out again, and starts a catch-up rather than
+    /// being dropped as late.
+    pub unverified: bool,
     /// While the range after `last` is read: the catch-up's id and the
     /// live messages waiting behind it, in arrival order.
     pub held: Option<(u64, Vec<Held>)>,
@@ -113,6 +118,7 @@ impl Topic {
             last: None,
             digest: None,
             retired: None,
+            unverified: false,
             held: None,
         }
     }
@@ -147,11 +153,19 @@ impl Topic {
             return Admit::Deliver;
         };
         match &self.last {
-            Some(last) if last.epoch == position.epoch && position.offset <= last.offset => {
+            Some(last)
+                if last.epoch == position.epoch
+                    && position.offset <= last.offset
+                    && !self.unverified =>
+            {
                 Admit::Late
             }
             Some(_) if self.retired.as_ref() == Some(&position.epoch) => Admit::Stale,
-            Some(last) if last.epoch != position.epoch || position.offset > last.offset + 1 => {
+            Some(last)
+                if last.epoch != position.epoch
+                    || position.offset > last.offset + 1
+                    || (self.unverified && position.offset <= last.offset) =>
+            {
                 let seen = Seen {
                     position: last.clone(),
                     digest: self.digest,

@@ -65,6 +65,18 @@ fn a_skip_or_a_new_epoch_holds_everything_until_the_catch_up() {
 }
 
 #[test]
+fn after_a_failed_catch_up_a_late_frame_is_read_as_a_possible_reuse() {
+    let mut topic = Topic::new(Vec::new(), Vec::new());
+    admit(&mut topic, &at(7, "e"));
+    topic.unverified = true;
+    assert!(matches!(admit(&mut topic, &at(8, "e")), Admit::Deliver));
+    match admit(&mut topic, &at(5, "e")) {
+        Admit::CatchUp(since, _) => assert_eq!(since.position, at(8, "e")),
+        _ => panic!("a late frame starts a catch-up while unverified"),
+    }
+}
+
+#[test]
 fn frames_of_a_retired_epoch_are_stale_not_a_new_catch_up() {
     let mut topic = Topic::new(Vec::new(), Vec::new());
     admit(&mut topic, &at(1, "f"));
