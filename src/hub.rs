@@ -192,6 +192,7 @@ impl Deliver for Registry {
             position,
         } = delivery;
         let arrived = Instant::now();
+        let fingerprint = position.map(|_| topic::digest(payload));
         let encode = || encode_delivery(topic, payload, position.map(|p| (p.offset, &*p.epoch)));
         let (subscribers, frame) = {
             let mut topics = self.lock();
@@ -204,7 +205,7 @@ impl Deliver for Registry {
                 position: position.cloned(),
                 arrived,
             };
-            match entry.admit(position, payload, hold, || self.next_catch_up()) {
+            match entry.admit(position, fingerprint, hold, || self.next_catch_up()) {
                 Admit::Deliver => {}
                 Admit::Stale => return,
                 Admit::Late => {

@@ -140,7 +140,7 @@ impl Registry {
             } = message;
             let admit = entry.admit(
                 position.as_ref(),
-                &payload,
+                position.as_ref().map(|_| digest(&payload)),
                 || Held {
                     payload: payload.clone(),
                     position: position.clone(),

@@ -136,12 +136,13 @@ impl Topic {
     }
 
     /// Orders a live message: recorded messages go out once each, in
-    /// offset order. `hold` copies the message when it must wait; `next_id`
-    /// names a new catch-up.
+    /// offset order. `fingerprint` is its payload's [`digest`] (computed by
+    /// the caller, outside the registry lock); `hold` copies the message
+    /// when it must wait; `next_id` names a new catch-up.
     pub fn admit(
         &mut self,
         position: Option<&Position>,
-        payload: &[u8],
+        fingerprint: Option<u64>,
         hold: impl FnOnce() -> Held,
         next_id: impl FnOnce() -> u64,
     ) -> Admit {
@@ -176,7 +177,7 @@ impl Topic {
             }
             _ => {
                 self.last = Some(position.clone());
-                self.digest = Some(digest(payload));
+                self.digest = fingerprint;
                 Admit::Deliver
             }
         }

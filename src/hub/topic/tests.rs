@@ -18,7 +18,7 @@ fn held() -> Held {
 }
 
 fn admit(topic: &mut Topic, position: &Position) -> Admit {
-    topic.admit(Some(position), b"x", held, || 7)
+    topic.admit(Some(position), Some(digest(b"x")), held, || 7)
 }
 
 /// Frames waiting in `client`'s queue, as text.
@@ -53,7 +53,7 @@ fn a_skip_or_a_new_epoch_holds_everything_until_the_catch_up() {
         _ => panic!("a skip starts a catch-up"),
     }
     assert!(matches!(admit(&mut topic, &at(4, "e")), Admit::Held));
-    assert!(matches!(topic.admit(None, b"y", held, || 8), Admit::Held));
+    assert!(matches!(topic.admit(None, None, held, || 8), Admit::Held));
     assert_eq!(
         topic.held.as_ref().map(|(id, held)| (*id, held.len())),
         Some((7, 3))
