@@ -81,6 +81,12 @@ pub trait Broker: Send + Sync + 'static {
         topic: &str,
         since: Option<Position>,
     ) -> BoxFuture<'static, Result<Range, BrokerError>>;
+    /// Starts a new life of `topic`'s history, offsets from 1 again, if
+    /// `epoch` is still its current epoch: this replica delivered messages
+    /// of that epoch which the history no longer holds (a failover to a
+    /// Redis replica that missed them), and their offsets must not be
+    /// handed out again under it. Several replicas may ask; one resets.
+    fn reset(&self, topic: &str, epoch: Arc<str>) -> BoxFuture<'static, Result<(), BrokerError>>;
     /// Applies a new config's broker settings, if they changed. Live
     /// subscriptions must survive: connect anew, resubscribe, then let go.
     fn reconfigure(&self, _config: &Config) {}

@@ -192,6 +192,7 @@ impl Deliver for Registry {
             position,
         } = delivery;
         let arrived = Instant::now();
+        let fingerprint = position.map(|_| topic::digest(payload));
         let encode = || encode_delivery(topic, payload, position.map(|p| (p.offset, &*p.epoch)));
         let (subscribers, frame) = {
             let mut topics = self.lock();
@@ -204,8 +205,9 @@ impl Deliver for Registry {
                 position: position.cloned(),
                 arrived,
             };
-            match entry.admit(position, hold, || self.next_catch_up()) {
+            match entry.admit(position, fingerprint, hold, || self.next_catch_up()) {
                 Admit::Deliver => {}
+                Admit::Stale => return,
                 Admit::Late => {
                     if !entry.joining.is_empty() {
                         entry.buffer(&encode(), position, arrived);

@@ -312,6 +312,78 @@ async fn the_epoch_survives_a_lost_stream_and_a_lost_meta_key_starts_a_new_one()
 }
 
 #[tokio::test]
+async fn a_reset_starts_one_new_epoch_only_while_the_old_one_is_current() {
+    let redis = RedisServer::start();
+    let h = Harness::start(&base_config(Some(&redis), ""), history(10, 60)).await;
+    let old = h.recorded("t-r", "1").await;
+    h.recorded("t-r", "2").await;
+
+    h.broker
+        .reset("t-r", old.epoch.clone())
+        .await
+        .expect("reset");
+    let range = h.broker.history("t-r", None).await.expect("read");
+    let new = range.last.expect("a history");
+    assert_ne!(new.epoch, old.epoch);
+    assert_eq!(new.offset, 0, "offsets restart, the old messages are gone");
+    assert_eq!(cli(redis.port, &["EXISTS", "topicgate:hist:{t-r}"]), "0");
+
+    // A second replica asking for the same epoch changes nothing.
+    h.broker
+        .reset("t-r", old.epoch.clone())
+        .await
+        .expect("reset");
+    assert_eq!(
+        h.recorded("t-r", "3").await,
+        Position::new(1, new.epoch.clone())
+    );
+    let since = Position::new(0, new.epoch.clone());
+    let range = h
+        .broker
+        .history("t-r", Some(since.clone()))
+        .await
+        .expect("read");
+    assert!(range.recovers(&since));
+    assert_eq!(range.messages.len(), 1);
+
+    // From redis-cli: the current position comes back, nil without history.
+    let answer = cli(
+        redis.port,
+        &["FCALL", "topicgate_reset", "1", "t-r", &old.epoch],
+    );
+    assert_eq!(answer, format!("1\n{}", new.epoch));
+    assert_eq!(
+        cli(
+            redis.port,
+            &["FCALL", "topicgate_reset", "1", "t-none", "e"]
+        ),
+        ""
+    );
+    assert!(cli(redis.port, &["FCALL", "topicgate_reset", "1", "t-r"]).contains("usage"));
+
+    // The memory broker keeps the same contract.
+    let memory = Harness::start(&base_config(None, ""), history(10, 60)).await;
+    let old = memory.recorded("t-r", "1").await;
+    memory
+        .broker
+        .reset("t-r", "other".into())
+        .await
+        .expect("reset");
+    assert_eq!(
+        memory.recorded("t-r", "2").await,
+        Position::new(2, old.epoch.clone())
+    );
+    memory
+        .broker
+        .reset("t-r", old.epoch.clone())
+        .await
+        .expect("reset");
+    let fresh = memory.recorded("t-r", "3").await;
+    assert_eq!(fresh.offset, 1);
+    assert_ne!(fresh.epoch, old.epoch);
+}
+
+#[tokio::test]
 async fn the_library_is_loaded_again_after_redis_restarts() {
     let mut redis = RedisServer::start();
     let mut h = Harness::start(&base_config(Some(&redis), ""), history(10, 60)).await;

@@ -141,6 +141,21 @@ impl Publish for Publisher {
         }
         .boxed()
     }
+
+    fn reset(
+        self: Arc<Self>,
+        topic: String,
+        epoch: Arc<str>,
+    ) -> BoxFuture<'static, Result<(), BrokerError>> {
+        async move {
+            let mut connection = self.connection().await?;
+            let channel = format!("{}{topic}", self.prefix);
+            self.library
+                .reset(&mut connection, &channel, &epoch, &self.addr)
+                .await
+        }
+        .boxed()
+    }
 }
 
 impl Publisher {

@@ -192,6 +192,20 @@ impl Broker for MemoryBroker {
         ready(Ok(range)).boxed()
     }
 
+    fn reset(&self, topic: &str, epoch: Arc<str>) -> BoxFuture<'static, Result<(), BrokerError>> {
+        // This history never loses what it delivered, so the hub has no
+        // cause to ask; the contract holds all the same.
+        if let Some(log) = lock(&self.histories).topics.get_mut(topic)
+            && log.epoch == epoch
+        {
+            *log = Log {
+                expires: log.expires,
+                ..Log::new()
+            };
+        }
+        ready(Ok(())).boxed()
+    }
+
     fn reconfigure(&self, config: &crate::config::Config) {
         let mut histories = lock(&self.histories);
         histories.size = config.history.size;

@@ -126,6 +126,28 @@ impl Publish for Publisher {
         }
         .boxed()
     }
+
+    fn reset(
+        self: Arc<Self>,
+        topic: String,
+        epoch: Arc<str>,
+    ) -> BoxFuture<'static, Result<(), BrokerError>> {
+        async move {
+            let pool = self.pool.as_ref().map_err(Clone::clone)?;
+            let mut conn = pool
+                .get()
+                .await
+                .map_err(|err| from_pool(&err, &self.addr))?;
+            let channel = format!("{}{topic}", self.prefix);
+            let reset = self
+                .library
+                .reset(&mut conn, &channel, &epoch, &self.addr)
+                .await;
+            discard_if_broken(conn, &reset);
+            reset
+        }
+        .boxed()
+    }
 }
 
 impl Publisher {

@@ -12,6 +12,13 @@
 --       {epoch, last offset, then offset and payload of every message still
 --       kept after <offset> when <epoch> is the current one}; nil when the
 --       channel has no history.
+--   FCALL topicgate_reset 1 <channel> <epoch>
+--       starts a new epoch, at offset 0 with no messages, when <epoch> is
+--       still the channel's current one; returns the current {offset,
+--       epoch} (nil when the channel has no history). A gateway calls it
+--       when the history lost messages it had delivered under <epoch>: a
+--       failover to a replica that missed them would otherwise hand their
+--       offsets out again. Only the first of several callers resets.
 --
 -- <channel> is the topic's Redis channel (redis.channel_prefix + topic).
 --
@@ -220,6 +227,28 @@ redis.register_function('topicgate_publish_position', function(keys, args)
     return redis.error_reply(usage)
   end
   return position
+end)
+
+redis.register_function('topicgate_reset', function(keys, args)
+  if #keys ~= 1 or #args ~= 1 then
+    return redis.error_reply('usage: FCALL topicgate_reset 1 <channel> <epoch>')
+  end
+  local meta, stream = keys_of(keys[1])
+  local state = redis.call('HMGET', meta, 'epoch', 'offset')
+  if not state[1] then
+    return nil
+  end
+  if state[1] ~= args[1] then
+    return {tonumber(state[2]) or 0, state[1]}
+  end
+  local epoch = new_epoch()
+  if epoch == args[1] then
+    epoch = epoch .. '0'
+  end
+  redis.call('DEL', stream)
+  redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+  redis.call('EXPIRE', meta, META_TTL)
+  return {0, epoch}
 end)
 
 redis.register_function{

@@ -3,15 +3,22 @@
 //! hub reads the missing range and delivers it, in order, before the live
 //! messages held meanwhile. Where the range is gone, every local
 //! subscriber gets a `gap` frame with the position delivery goes on from.
+//!
+//! A catch-up also checks that the history still holds the last message
+//! this replica delivered: same offset, same payload. Where it does not,
+//! the history lost its tail (a failover to a Redis replica that missed
+//! the last writes), and the next records would reuse the lost offsets
+//! under the same epoch; the hub asks the broker to start a new epoch
+//! (`Broker::reset`) and the subscribers get a `gap` into it.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::topic::{Admit, Held};
+use super::topic::{Admit, Held, Seen, digest};
 use super::{Entry, Registry};
-use crate::broker::{Broker, BrokerError, Position, Recorded};
+use crate::broker::{Broker, BrokerError, Position, Range, Recorded};
 use crate::protocol::{encode_delivery, gap};
 
 /// Reads of a missing range tried before giving up on it.
@@ -30,7 +37,7 @@ struct Missing {
 
 impl Registry {
     /// Starts reading `topic`'s range after `since` for catch-up `id`.
-    pub(super) fn catch_up(&self, topic: String, since: Position, id: u64) {
+    pub(super) fn catch_up(&self, topic: String, since: Seen, id: u64) {
         let Some((registry, broker)) = self.links() else {
             // No broker to read from: release what was held, after a gap.
             self.caught_up(&topic, id, Err(BrokerError::Stopped));
@@ -54,7 +61,11 @@ impl Registry {
                 };
                 if let (Some(last), None) = (&entry.last, &entry.held) {
                     let id = self.next_catch_up();
-                    started.push((topic.clone(), last.clone(), id));
+                    let seen = Seen {
+                        position: last.clone(),
+                        digest: entry.digest,
+                    };
+                    started.push((topic.clone(), seen, id));
                     entry.held = Some((id, Vec::new()));
                 }
             }
@@ -80,6 +91,7 @@ impl Registry {
             }
         };
         let now = Instant::now();
+        let unverified = missing.is_err();
         let missing = missing.unwrap_or_else(|err| {
             tracing::warn!(%topic, error = %err, "cannot read the missing range");
             // Delivery goes on from the first held message, after a gap.
@@ -94,7 +106,13 @@ impl Registry {
         if let Some(position) = missing.gap {
             self.metrics.history_gaps.inc();
             entry.notify(&gap(topic, (position.offset, &position.epoch)));
+            if let Some(last) = &entry.last
+                && last.epoch != position.epoch
+            {
+                entry.retired = Some(last.epoch.clone());
+            }
             entry.last = Some(position);
+            entry.digest = None;
         }
         if let Some(epoch) = missing.epoch {
             for message in missing.messages {
@@ -109,6 +127,7 @@ impl Registry {
                     encode_delivery(topic, &message.payload, Some((message.offset, &epoch)));
                 dropped += entry.fan(&frame, Some(&position), now);
                 entry.last = Some(position);
+                entry.digest = Some(digest(&message.payload));
             }
         }
         let mut held = held.into_iter();
@@ -121,6 +140,7 @@ impl Registry {
             } = message;
             let admit = entry.admit(
                 position.as_ref(),
+                position.as_ref().map(|_| digest(&payload)),
                 || Held {
                     payload: payload.clone(),
                     position: position.clone(),
@@ -138,7 +158,7 @@ impl Registry {
                     let frame = encode_delivery(topic, &payload, mark);
                     entry.buffer(&frame, position.as_ref(), arrived);
                 }
-                Admit::Held => {}
+                Admit::Stale | Admit::Held => {}
                 Admit::CatchUp(since, id) => again = Some((since, id)),
             }
             if let Some((since, id)) = again {
@@ -151,6 +171,8 @@ impl Registry {
                 return;
             }
         }
+        // Only later messages may start another read: held ones go out now.
+        entry.unverified = unverified;
         entry.promote();
         drop(topics);
         self.count_dropped(dropped);
@@ -188,26 +210,45 @@ pub(super) fn watch_link(registry: Weak<Registry>, broker: &Arc<dyn Broker>) {
     });
 }
 
-/// The range after `since`, retried a few times while Redis does not
-/// answer. Where it is not whole, the gap and what the history still has.
+/// The range after `seen`, retried a few times while Redis does not
+/// answer. Where it is not whole, the gap and what the history still has;
+/// where the history lost `seen` itself, a new epoch first.
 async fn read_missing(
     broker: &dyn Broker,
     topic: &str,
-    since: &Position,
+    seen: &Seen,
 ) -> Result<Missing, BrokerError> {
-    let mut wait = RETRY;
-    let mut attempt = 1;
-    let range = loop {
-        match broker.history(topic, Some(since.clone())).await {
-            Ok(range) => break range,
-            Err(err) if attempt >= ATTEMPTS => return Err(err),
-            Err(_) => {
-                tokio::time::sleep(wait).await;
-                wait *= 2;
-                attempt += 1;
+    let since = &seen.position;
+    // One message further back, to check what the history holds at `since`.
+    let check = seen.digest.filter(|_| since.offset > 0);
+    let from = match check {
+        Some(_) => Position::new(since.offset - 1, since.epoch.clone()),
+        None => since.clone(),
+    };
+    let mut range = read(broker, topic, &from).await?;
+    if lost_tail(&range, since, check) {
+        tracing::warn!(
+            %topic,
+            epoch = %since.epoch,
+            offset = since.offset,
+            "the history lost messages this replica delivered (a failover to a lagging Redis replica?): starting a new epoch"
+        );
+        match broker.reset(topic, since.epoch.clone()).await {
+            Ok(()) => range = read(broker, topic, since).await?,
+            Err(err) => {
+                // The lost offsets may be reused; at least say so.
+                tracing::warn!(%topic, error = %err, "cannot start a new epoch");
+                return Ok(Missing {
+                    gap: range.last,
+                    messages: Vec::new(),
+                    epoch: None,
+                });
             }
         }
-    };
+    }
+    range
+        .messages
+        .retain(|message| message.offset > since.offset);
     let Some(last) = range.last.clone() else {
         // No history at all: nothing recorded to deliver, no new position.
         return Ok(Missing {
@@ -227,9 +268,7 @@ async fn read_missing(
     let (messages, epoch) = if last.epoch == since.epoch {
         (range.messages, last.epoch)
     } else {
-        let fresh = broker
-            .history(topic, Some(Position::new(0, last.epoch.clone())))
-            .await?;
+        let fresh = read(broker, topic, &Position::new(0, last.epoch.clone())).await?;
         let epoch = fresh.last.map_or(last.epoch, |p| p.epoch);
         (fresh.messages, epoch)
     };
@@ -241,4 +280,43 @@ async fn read_missing(
         messages,
         epoch: Some(epoch),
     })
+}
+
+/// Whether `range` (read from before `since`) shows that its epoch lost the
+/// message delivered at `since`: its last offset is below it, or the
+/// message it holds there is another one (payload `digest` differs).
+fn lost_tail(range: &Range, since: &Position, digest_at: Option<u64>) -> bool {
+    let Some(last) = &range.last else {
+        return false;
+    };
+    if last.epoch != since.epoch {
+        return false;
+    }
+    if last.offset < since.offset {
+        return true;
+    }
+    match (digest_at, range.messages.first()) {
+        (Some(delivered), Some(held)) if held.offset == since.offset => {
+            digest(&held.payload) != delivered
+        }
+        _ => false,
+    }
+}
+
+/// `topic`'s range after `since`, retried a few times while Redis does not
+/// answer.
+async fn read(broker: &dyn Broker, topic: &str, since: &Position) -> Result<Range, BrokerError> {
+    let mut wait = RETRY;
+    let mut attempt = 1;
+    loop {
+        match broker.history(topic, Some(since.clone())).await {
+            Ok(range) => return Ok(range),
+            Err(err) if attempt >= ATTEMPTS => return Err(err),
+            Err(_) => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                attempt += 1;
+            }
+        }
+    }
 }

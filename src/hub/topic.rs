@@ -7,11 +7,13 @@
 //! are queued, in that order, and it becomes a plain subscriber. Only
 //! joining clients cost per-client work on delivery.
 //!
-//! The topic remembers the last recorded position it delivered. A live
-//! message at or below it is late (a replay already carried it); one that
-//! skips ahead, or comes in another epoch, makes the topic *hold* newer
-//! messages while the missing range is read (`catchup`).
+//! The topic remembers the last recorded position it delivered, and a
+//! digest of that message's payload. A live message at or below it is late
+//! (a replay already carried it); one that skips ahead, or comes in another
+//! epoch, makes the topic *hold* newer messages while the missing range is
+//! read (`catchup`). A message of the epoch a gap left behind is stale.
 
+use std::hash::{DefaultHasher, Hasher};
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -29,6 +31,18 @@ pub(super) struct Topic {
     pub joining: Vec<Joiner>,
     /// The last recorded position delivered to `subscribers`.
     pub last: Option<Position>,
+    /// The [`digest`] of the payload delivered at `last`; `None` when
+    /// `last` came from a history read or a gap. A catch-up checks that the
+    /// history still holds this message there.
+    pub digest: Option<u64>,
+    /// The epoch a gap moved delivery away from: its frames still in
+    /// flight are stale, not a reason to catch up again.
+    pub retired: Option<Arc<str>>,
+    /// The last catch-up could not read the history, so whether it still
+    /// holds `last` is unknown: a live message at or below `last` may then
+    /// be a lost offset given out again, and starts a catch-up rather than
+    /// being dropped as late.
+    pub unverified: bool,
     /// While the range after `last` is read: the catch-up's id and the
     /// live messages waiting behind it, in arrival order.
     pub held: Option<(u64, Vec<Held>)>,
@@ -71,10 +85,29 @@ pub(super) enum Admit {
     Deliver,
     /// At or below what was delivered: only joiners may still need it.
     Late,
+    /// Of a retired epoch: nobody needs it.
+    Stale,
     /// A catch-up is running: it was held.
     Held,
     /// It skips ahead: held, and the range after this position must be read.
-    CatchUp(Position, u64),
+    CatchUp(Seen, u64),
+}
+
+/// The last recorded message a topic delivered, as a catch-up checks it
+/// against the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Seen {
+    pub position: Position,
+    /// See [`Topic::digest`].
+    pub digest: Option<u64>,
+}
+
+/// A payload's fingerprint, to tell two messages recorded at one offset
+/// apart. Not cryptographic: only this process compares them.
+pub(super) fn digest(payload: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    hasher.write(payload);
+    hasher.finish()
 }
 
 impl Topic {
@@ -83,6 +116,9 @@ impl Topic {
             subscribers: Arc::new(subscribers),
             joining,
             last: None,
+            digest: None,
+            retired: None,
+            unverified: false,
             held: None,
         }
     }
@@ -109,11 +145,13 @@ impl Topic {
     }
 
     /// Orders a live message: recorded messages go out once each, in
-    /// offset order. `hold` copies the message when it must wait; `next_id`
-    /// names a new catch-up.
+    /// offset order. `fingerprint` is its payload's [`digest`] (computed by
+    /// the caller, outside the registry lock); `hold` copies the message
+    /// when it must wait; `next_id` names a new catch-up.
     pub fn admit(
         &mut self,
         position: Option<&Position>,
+        fingerprint: Option<u64>,
         hold: impl FnOnce() -> Held,
         next_id: impl FnOnce() -> u64,
     ) -> Admit {
@@ -125,16 +163,30 @@ impl Topic {
             return Admit::Deliver;
         };
         match &self.last {
-            Some(last) if last.epoch == position.epoch && position.offset <= last.offset => {
+            Some(last)
+                if last.epoch == position.epoch
+                    && position.offset <= last.offset
+                    && !self.unverified =>
+            {
                 Admit::Late
             }
-            Some(last) if last.epoch != position.epoch || position.offset > last.offset + 1 => {
-                let (since, id) = (last.clone(), next_id());
+            Some(_) if self.retired.as_ref() == Some(&position.epoch) => Admit::Stale,
+            Some(last)
+                if last.epoch != position.epoch
+                    || position.offset > last.offset + 1
+                    || (self.unverified && position.offset <= last.offset) =>
+            {
+                let seen = Seen {
+                    position: last.clone(),
+                    digest: self.digest,
+                };
+                let id = next_id();
                 self.held = Some((id, vec![hold()]));
-                Admit::CatchUp(since, id)
+                Admit::CatchUp(seen, id)
             }
             _ => {
                 self.last = Some(position.clone());
+                self.digest = fingerprint;
                 Admit::Deliver
             }
         }

@@ -42,6 +42,12 @@ pub(crate) trait Publish: Send + Sync + Sized + 'static {
         topic: String,
         since: Option<Position>,
     ) -> BoxFuture<'static, Result<Range, BrokerError>>;
+    /// Starts a new epoch of `topic`'s history (see [`Broker::reset`]).
+    fn reset(
+        self: Arc<Self>,
+        topic: String,
+        epoch: Arc<str>,
+    ) -> BoxFuture<'static, Result<(), BrokerError>>;
 }
 
 /// What an engine's actor starts with.
@@ -159,6 +165,12 @@ impl<P: Publish> Broker for Handle<P> {
         lock(&self.publisher)
             .clone()
             .history(topic.to_string(), since)
+    }
+
+    fn reset(&self, topic: &str, epoch: Arc<str>) -> BoxFuture<'static, Result<(), BrokerError>> {
+        lock(&self.publisher)
+            .clone()
+            .reset(topic.to_string(), epoch)
     }
 
     fn reconfigure(&self, config: &Config) {

@@ -180,6 +180,27 @@ impl Library {
         }
     }
 
+    /// Starts a new epoch of `channel`'s history if `epoch` is still its
+    /// current one (`topicgate_reset`); nothing where the library cannot
+    /// be used.
+    pub(crate) async fn reset<C: ConnectionLike>(
+        &self,
+        connection: &mut C,
+        channel: &str,
+        epoch: &str,
+        addr: &str,
+    ) -> Result<(), BrokerError> {
+        const WHAT: &str = "FCALL topicgate_reset";
+        let mut reset = redis::cmd("FCALL");
+        reset.arg("topicgate_reset").arg(1).arg(channel).arg(epoch);
+        match self.call(connection, &reset, addr, WHAT).await? {
+            Call::Done(reply) => position_of(&reply)
+                .map(|_| ())
+                .map_err(|reason| garbled(addr, WHAT, reason)),
+            Call::Unusable => Ok(()),
+        }
+    }
+
     /// Runs `command` (an FCALL of this library, named `what` in errors) on
     /// `connection`. Where the library is missing it is loaded and the call
     /// made once more; where Redis refuses it, the library is marked

@@ -18,7 +18,7 @@ fn held() -> Held {
 }
 
 fn admit(topic: &mut Topic, position: &Position) -> Admit {
-    topic.admit(Some(position), held, || 7)
+    topic.admit(Some(position), Some(digest(b"x")), held, || 7)
 }
 
 /// Frames waiting in `client`'s queue, as text.
@@ -43,11 +43,17 @@ fn a_skip_or_a_new_epoch_holds_everything_until_the_catch_up() {
     let mut topic = Topic::new(Vec::new(), Vec::new());
     admit(&mut topic, &at(1, "e"));
     match admit(&mut topic, &at(3, "e")) {
-        Admit::CatchUp(since, 7) => assert_eq!(since, at(1, "e")),
+        Admit::CatchUp(since, 7) => assert_eq!(
+            since,
+            Seen {
+                position: at(1, "e"),
+                digest: Some(digest(b"x"))
+            }
+        ),
         _ => panic!("a skip starts a catch-up"),
     }
     assert!(matches!(admit(&mut topic, &at(4, "e")), Admit::Held));
-    assert!(matches!(topic.admit(None, held, || 8), Admit::Held));
+    assert!(matches!(topic.admit(None, None, held, || 8), Admit::Held));
     assert_eq!(
         topic.held.as_ref().map(|(id, held)| (*id, held.len())),
         Some((7, 3))
@@ -56,6 +62,29 @@ fn a_skip_or_a_new_epoch_holds_everything_until_the_catch_up() {
     let mut topic = Topic::new(Vec::new(), Vec::new());
     admit(&mut topic, &at(9, "e"));
     assert!(matches!(admit(&mut topic, &at(1, "f")), Admit::CatchUp(..)));
+}
+
+#[test]
+fn after_a_failed_catch_up_a_late_frame_is_read_as_a_possible_reuse() {
+    let mut topic = Topic::new(Vec::new(), Vec::new());
+    admit(&mut topic, &at(7, "e"));
+    topic.unverified = true;
+    assert!(matches!(admit(&mut topic, &at(8, "e")), Admit::Deliver));
+    match admit(&mut topic, &at(5, "e")) {
+        Admit::CatchUp(since, _) => assert_eq!(since.position, at(8, "e")),
+        _ => panic!("a late frame starts a catch-up while unverified"),
+    }
+}
+
+#[test]
+fn frames_of_a_retired_epoch_are_stale_not_a_new_catch_up() {
+    let mut topic = Topic::new(Vec::new(), Vec::new());
+    admit(&mut topic, &at(1, "f"));
+    topic.retired = Some("e".into());
+    assert!(matches!(admit(&mut topic, &at(8, "e")), Admit::Stale));
+    assert!(topic.held.is_none());
+    assert!(matches!(admit(&mut topic, &at(2, "f")), Admit::Deliver));
+    assert!(matches!(admit(&mut topic, &at(1, "g")), Admit::CatchUp(..)));
 }
 
 #[test]
