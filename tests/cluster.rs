@@ -166,20 +166,7 @@ async fn a_resharded_slot_takes_its_topics_to_the_new_owner() {
 #[tokio::test]
 async fn a_failover_takes_topics_to_the_promoted_replica() {
     let mut cluster = RedisCluster::start(3).await;
-    let replica = cluster.add_node();
-    let master_id = cluster.node_id(0);
-    common::cluster::redis_cli(
-        &[
-            "--cluster",
-            "add-node",
-            &format!("127.0.0.1:{}", cluster.nodes[replica].port),
-            &format!("127.0.0.1:{}", cluster.nodes[0].port),
-            "--cluster-slave",
-            "--cluster-master-id",
-            &master_id,
-        ]
-        .map(String::from),
-    );
+    let replica = cluster.join(Some(0));
     eventually("the replica in sync with node 0", || async {
         cluster
             .cli(replica, &["INFO", "replication"])

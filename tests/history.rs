@@ -12,18 +12,8 @@ use serde_json::{Value, json};
 use topicgate_test_support as common;
 
 use common::cluster::RedisCluster;
+use common::redis_cli_at as cli;
 use common::*;
-
-/// `redis-cli -p port args…`, trimmed.
-fn cli(port: u16, args: &[&str]) -> String {
-    let output = std::process::Command::new("redis-cli")
-        .arg("-p")
-        .arg(port.to_string())
-        .args(args)
-        .output()
-        .expect("the tests need redis-cli on PATH");
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
 
 /// `FCALL topicgate_publish 1 topic payload` on `conn`: the offset.
 async fn fcall(conn: &mut redis::aio::MultiplexedConnection, topic: &str, payload: &str) -> u64 {
@@ -672,25 +662,10 @@ async fn recovery_works_through_another_replica_after_one_is_sigkilled() {
     expect_run(&mut c, "t-killed", 3, 5).await;
 }
 
-/// Adds a replica of node `master` to `cluster` (`redis-cli --cluster add-node`).
-fn join_replica(cluster: &mut RedisCluster, master: usize) -> usize {
-    let node = cluster.add_node();
-    common::cluster::redis_cli(&[
-        "--cluster".to_string(),
-        "add-node".to_string(),
-        format!("127.0.0.1:{}", cluster.nodes[node].port),
-        format!("127.0.0.1:{}", cluster.nodes[0].port),
-        "--cluster-slave".to_string(),
-        "--cluster-master-id".to_string(),
-        cluster.node_id(master),
-    ]);
-    node
-}
-
 #[tokio::test]
 async fn recovery_and_live_delivery_go_on_across_a_cluster_failover() {
     let mut cluster = RedisCluster::start(3).await;
-    let replica = join_replica(&mut cluster, 0);
+    let replica = cluster.join(Some(0));
     eventually("the replica in sync with node 0", || async {
         cluster
             .cli(replica, &["INFO", "replication"])

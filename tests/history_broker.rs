@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::cluster::RedisCluster;
+use common::redis_cli_at as cli;
 use common::*;
 use tokio::sync::mpsc;
 use topicgate::Metrics;
@@ -84,17 +85,6 @@ fn history(size: usize, ttl_secs: u64) -> HistorySettings {
         size,
         ttl: Duration::from_secs(ttl_secs),
     }
-}
-
-/// `redis-cli -p port args…`: what it printed (errors included), trimmed.
-fn cli(port: u16, args: &[&str]) -> String {
-    let output = std::process::Command::new("redis-cli")
-        .arg("-p")
-        .arg(port.to_string())
-        .args(args)
-        .output()
-        .expect("the tests need redis-cli on PATH");
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 fn fcall(port: u16, channel: &str, payload: &str) -> String {
@@ -521,29 +511,11 @@ async fn topics_with_braces_are_recorded_and_read_in_their_slot_on_a_cluster() {
 
 /// Adds an empty node to `cluster` with `redis-cli --cluster add-node`:
 /// a master without slots, or a replica of node `replica_of`.
-fn join(cluster: &mut RedisCluster, replica_of: Option<usize>) -> usize {
-    let node = cluster.add_node();
-    let mut args = vec![
-        "--cluster".to_string(),
-        "add-node".to_string(),
-        format!("127.0.0.1:{}", cluster.nodes[node].port),
-        format!("127.0.0.1:{}", cluster.nodes[0].port),
-    ];
-    if let Some(master) = replica_of {
-        args.extend([
-            "--cluster-slave".to_string(),
-            "--cluster-master-id".to_string(),
-            cluster.node_id(master),
-        ]);
-    }
-    common::cluster::redis_cli(&args);
-    node
-}
 
 #[tokio::test]
 async fn a_new_master_gets_the_library_and_the_history_moves_with_its_slot() {
     let mut cluster = RedisCluster::start(3).await;
-    let fresh = join(&mut cluster, None);
+    let fresh = cluster.join(None);
     cluster.wait_until_ok().await;
     let mut h = Harness::start(&cluster.gateway_config(""), history(10, 60)).await;
     // `reshard` moves a source's lowest slots first: 0..20 go to the new node.
@@ -580,7 +552,7 @@ async fn a_new_master_gets_the_library_and_the_history_moves_with_its_slot() {
 #[tokio::test]
 async fn a_failover_to_a_replica_with_the_history_keeps_it_recoverable() {
     let mut cluster = RedisCluster::start(3).await;
-    let replica = join(&mut cluster, Some(0));
+    let replica = cluster.join(Some(0));
     eventually("the replica in sync with node 0", || async {
         cluster
             .cli(replica, &["INFO", "replication"])

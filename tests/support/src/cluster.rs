@@ -116,6 +116,29 @@ impl RedisCluster {
         index
     }
 
+    /// Starts one more node and adds it to the cluster (`redis-cli
+    /// --cluster add-node` through node 0): a master without slots, or a
+    /// replica of node `replica_of`. Returns its index.
+    pub fn join(&mut self, replica_of: Option<usize>) -> usize {
+        let node = self.add_node();
+        let mut args = self.cli_base();
+        args.extend([
+            "--cluster".to_string(),
+            "add-node".to_string(),
+            format!("127.0.0.1:{}", self.nodes[node].port),
+            format!("127.0.0.1:{}", self.nodes[0].port),
+        ]);
+        if let Some(master) = replica_of {
+            args.extend([
+                "--cluster-slave".to_string(),
+                "--cluster-master-id".to_string(),
+                self.node_id(master),
+            ]);
+        }
+        redis_cli(&args);
+        node
+    }
+
     /// What every `redis-cli` call starts with: TLS and password, if any.
     fn cli_base(&self) -> Vec<String> {
         match &self.secure {

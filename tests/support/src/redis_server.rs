@@ -151,6 +151,17 @@ pub async fn numsub(conn: &mut redis::aio::MultiplexedConnection, channel: &str)
     reply.1
 }
 
+/// `redis-cli -p port args…`: what it printed (errors included), trimmed.
+pub fn redis_cli_at(port: u16, args: &[&str]) -> String {
+    let output = std::process::Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("the tests need redis-cli on PATH");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
