@@ -62,6 +62,12 @@ pub(crate) async fn serve(
             tracing::debug!(%peer, "too many HTTP connections: closed at accept");
             continue;
         };
+        // The session's writer already batches frames per write; Nagle's
+        // algorithm would only hold a small reply or replay back behind the
+        // peer's delayed ACK (tens of milliseconds).
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
+        }
         let accepted = Accepted {
             peer,
             slot: Arc::new(slot),
