@@ -166,14 +166,7 @@ async fn a_resharded_slot_takes_its_topics_to_the_new_owner() {
 #[tokio::test]
 async fn a_failover_takes_topics_to_the_promoted_replica() {
     let mut cluster = RedisCluster::start(3).await;
-    let replica = cluster.join(Some(0));
-    eventually("the replica in sync with node 0", || async {
-        cluster
-            .cli(replica, &["INFO", "replication"])
-            .contains("master_link_status:up")
-    })
-    .await;
-    cluster.wait_until_ok().await;
+    let replica = cluster.join_replica(0).await;
 
     let gateway = start_gateway(cluster.gateway_config("")).await;
     let topic = &cluster.topic_per_shard("t-failover")[0];

@@ -665,14 +665,7 @@ async fn recovery_works_through_another_replica_after_one_is_sigkilled() {
 #[tokio::test]
 async fn recovery_and_live_delivery_go_on_across_a_cluster_failover() {
     let mut cluster = RedisCluster::start(3).await;
-    let replica = cluster.join(Some(0));
-    eventually("the replica in sync with node 0", || async {
-        cluster
-            .cli(replica, &["INFO", "replication"])
-            .contains("master_link_status:up")
-    })
-    .await;
-    cluster.wait_until_ok().await;
+    let replica = cluster.join_replica(0).await;
     let gateway = start_gateway(cluster.gateway_config("")).await;
     let topic = cluster.topic_per_shard("t-failover")[0].clone();
     let publish = |n: u64| {

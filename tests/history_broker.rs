@@ -552,14 +552,7 @@ async fn a_new_master_gets_the_library_and_the_history_moves_with_its_slot() {
 #[tokio::test]
 async fn a_failover_to_a_replica_with_the_history_keeps_it_recoverable() {
     let mut cluster = RedisCluster::start(3).await;
-    let replica = cluster.join(Some(0));
-    eventually("the replica in sync with node 0", || async {
-        cluster
-            .cli(replica, &["INFO", "replication"])
-            .contains("master_link_status:up")
-    })
-    .await;
-    cluster.wait_until_ok().await;
+    let replica = cluster.join_replica(0).await;
     let mut h = Harness::start(&cluster.gateway_config(""), history(10, 60)).await;
     let topic = cluster.topic_per_shard("t-failover")[0].clone();
     h.broker.subscribe(&topic).await.expect("subscribed");

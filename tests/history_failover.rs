@@ -215,14 +215,7 @@ async fn a_lossless_restart_keeps_the_epoch_and_catches_up() {
 #[tokio::test]
 async fn a_cluster_failover_to_a_replica_that_missed_the_last_records_starts_a_new_epoch() {
     let mut cluster = RedisCluster::start(3).await;
-    let replica = cluster.join(Some(0));
-    eventually("the replica in sync with node 0", || async {
-        cluster
-            .cli(replica, &["INFO", "replication"])
-            .contains("master_link_status:up")
-    })
-    .await;
-    cluster.wait_until_ok().await;
+    let replica = cluster.join_replica(0).await;
     let config = cluster.gateway_config("[redis]\nhealth_check_secs = 1\n");
     let gateway = start_gateway(config).await;
     let topic = cluster.topic_per_shard("t-takeover")[0].clone();

@@ -139,6 +139,19 @@ impl RedisCluster {
         node
     }
 
+    /// Adds a replica of node `master` and waits until it is in sync and
+    /// every node knows it; returns its index.
+    pub async fn join_replica(&mut self, master: usize) -> usize {
+        let replica = self.join(Some(master));
+        eventually("the replica in sync with its master", || async {
+            self.cli(replica, &["INFO", "replication"])
+                .contains("master_link_status:up")
+        })
+        .await;
+        self.wait_until_ok().await;
+        replica
+    }
+
     /// What every `redis-cli` call starts with: TLS and password, if any.
     fn cli_base(&self) -> Vec<String> {
         match &self.secure {
