@@ -61,6 +61,7 @@ impl Gateway {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             hub,
+            notices: crate::state::notices(config_rx.clone(), shutdown_rx.clone()),
             config: config_rx,
             shutdown: shutdown_rx.clone(),
             connections: Arc::new(Connections::new(metrics.connections.clone())),

@@ -29,6 +29,35 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     /// Open WebSocket connections, checked against `limits.max_connections`.
     pub connections: Arc<Connections>,
+    /// Wakes every session when `config` or `shutdown` changes
+    /// ([`notices`]).
+    pub notices: Arc<Notify>,
+}
+
+/// A `Notify` woken (all waiters) each time `config` or `shutdown`
+/// changes, and once when either sender is gone, from one task per
+/// gateway. A session waits on it with one `OwnedNotified` and then reads
+/// both channels, rather than holding a `changed()` future per channel:
+/// those are 120 bytes each, on every connection.
+pub(crate) fn notices(
+    mut config: watch::Receiver<Arc<Config>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Arc<Notify> {
+    let notify = Arc::new(Notify::new());
+    let notices = notify.clone();
+    tokio::spawn(async move {
+        loop {
+            let open = tokio::select! {
+                changed = config.changed() => changed.is_ok(),
+                changed = shutdown.changed() => changed.is_ok(),
+            };
+            notices.notify_waiters();
+            if !open {
+                break;
+            }
+        }
+    });
+    notify
 }
 
 /// The open connections of one gateway: WebSocket sessions, and the HTTP

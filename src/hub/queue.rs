@@ -7,11 +7,16 @@
 //! the close signal adds a few hundred bytes more. Here the frames live in a
 //! `VecDeque` that allocates on the first frame, and the close reason sits
 //! beside them under the same lock.
+//!
+//! One task serves a connection, reading and writing both, so one waker
+//! stands for it here: a frame into an empty queue, a ping or a close
+//! request wakes it.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
+use std::task::Waker;
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 use super::Outbound;
 use crate::protocol::Disconnect;
@@ -27,7 +32,8 @@ pub enum PushError {
 }
 
 /// Frames waiting for the connection's writer, and why it must close.
-/// Many producers (the hub, the session), one consumer (the writer).
+/// Many producers (the hub, the session), one consumer (the connection's
+/// task, writing).
 pub struct SendQueue {
     /// A std mutex: every critical section is a push, a pop or a flag, never
     /// held across an await.
@@ -37,13 +43,22 @@ pub struct SendQueue {
     /// Most bytes of frames waiting at once (`limits.send_queue_bytes`):
     /// the frame bound alone lets one client pin `send_queue` large frames.
     max_bytes: usize,
-    /// Wakes the writer when a frame arrives in an empty queue, or a ping
-    /// or the close is requested. `notify_one` keeps a permit when the
-    /// writer is busy writing, so no wake-up is lost between its check and
-    /// its wait.
-    writer: Notify,
-    /// Wakes the session's reader when the close is requested.
-    reader: Notify,
+    /// The connection's task, woken when a frame arrives in an empty
+    /// queue, or a ping or the close is requested. The task registers
+    /// before it looks at the queue, so no wake-up falls between its check
+    /// and its wait.
+    task: AtomicWaker,
+}
+
+/// What the connection's task finds when it looks at its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    /// Nothing to write.
+    Nothing,
+    /// A frame or a ping is waiting.
+    Work,
+    /// The close was asked for; it wins over waiting frames.
+    Close(Disconnect),
 }
 
 struct State {
@@ -80,8 +95,7 @@ impl SendQueue {
             }),
             capacity,
             max_bytes,
-            writer: Notify::new(),
-            reader: Notify::new(),
+            task: AtomicWaker::new(),
         }
     }
 
@@ -109,10 +123,10 @@ impl SendQueue {
         }
         state.bytes += len;
         state.frames.push_back(outbound);
-        // The writer drains until the queue is empty before it waits, so
+        // The task drains until the queue is empty before it waits, so
         // only the first frame into an empty queue needs to wake it.
         if state.frames.len() == 1 {
-            self.writer.notify_one();
+            self.task.wake();
         }
         Ok(())
     }
@@ -123,18 +137,17 @@ impl SendQueue {
         let mut state = self.lock();
         if !state.ping {
             state.ping = true;
-            self.writer.notify_one();
+            self.task.wake();
         }
     }
 
-    /// Asks the writer and the reader to stop for `reason`, unless a reason
-    /// was already given.
+    /// Asks the connection to stop for `reason`, unless a reason was
+    /// already given.
     pub fn close(&self, reason: Disconnect) {
         let mut state = self.lock();
         if state.closing.is_none() {
             state.closing = Some(reason);
-            self.writer.notify_one();
-            self.reader.notify_one();
+            self.task.wake();
         }
     }
 
@@ -143,37 +156,15 @@ impl SendQueue {
         self.lock().closing
     }
 
-    /// For the reader: resolves with the reason once the close is asked for.
-    pub async fn closed(&self) -> Disconnect {
-        loop {
-            if let Some(reason) = self.closing() {
-                return reason;
-            }
-            self.reader.notified().await;
-        }
-    }
-
-    /// For the writer: resolves with `true` once a frame or a ping is
-    /// waiting, or `false` once the close is asked for (which wins over both).
-    pub async fn ready(&self) -> bool {
-        loop {
-            {
-                let state = self.lock();
-                if state.closing.is_some() {
-                    return false;
-                }
-                if state.ping || !state.frames.is_empty() {
-                    return true;
-                }
-            }
-            self.writer.notified().await;
-        }
-    }
-
-    /// For the writer while it writes: resolves once the close is asked for.
-    pub async fn closing_requested(&self) {
-        while self.closing().is_none() {
-            self.writer.notified().await;
+    /// For the connection's task: registers `waker` to be woken by the
+    /// next push, ping or close, then says what is waiting now.
+    pub fn poll_pending(&self, waker: &Waker) -> Pending {
+        self.task.register(waker);
+        let state = self.lock();
+        match state.closing {
+            Some(reason) => Pending::Close(reason),
+            None if state.ping || !state.frames.is_empty() => Pending::Work,
+            None => Pending::Nothing,
         }
     }
 
@@ -182,11 +173,17 @@ impl SendQueue {
         std::mem::take(&mut self.lock().ping)
     }
 
-    /// The oldest waiting frame.
+    /// The oldest waiting frame. A queue emptied by a reply gives its room
+    /// back: replies come in short bursts (the greeting, a subscribe) and
+    /// then the connection may idle for hours; deliveries keep it, since
+    /// more follow.
     pub fn pop(&self) -> Option<Outbound> {
         let mut state = self.lock();
         let outbound = state.frames.pop_front()?;
         state.bytes -= outbound.frame.len();
+        if state.frames.is_empty() && outbound.arrived == 0 {
+            state.frames = VecDeque::new();
+        }
         Some(outbound)
     }
 
@@ -207,9 +204,7 @@ impl SendQueue {
 
 #[cfg(test)]
 mod tests {
-    use std::future::Future;
     use std::sync::Arc;
-    use std::task::{Context, Poll};
 
     use super::*;
     use crate::protocol::Frame;
@@ -247,6 +242,20 @@ mod tests {
         assert_eq!(queue.push(big()), Err(PushError::Full));
         assert!(queue.pop().is_some());
         assert_eq!(queue.push(big()), Ok(()));
+    }
+
+    #[test]
+    fn a_queue_emptied_by_a_reply_gives_its_room_back() {
+        let queue = SendQueue::new(4);
+        let now = tokio::time::Instant::now();
+        queue
+            .push(Outbound::delivery(Frame::from_static("{}"), now))
+            .expect("room");
+        assert!(queue.pop().is_some());
+        assert!(queue.lock().frames.capacity() > 0, "deliveries keep it");
+        queue.push(reply()).expect("room");
+        assert!(queue.pop().is_some());
+        assert_eq!(queue.lock().frames.capacity(), 0);
     }
 
     #[test]
@@ -288,46 +297,45 @@ mod tests {
     }
 
     #[test]
-    fn a_waiting_writer_is_woken_by_a_frame_and_by_the_close() {
+    fn a_waiting_task_is_woken_by_a_frame_and_by_the_close() {
         let queue = SendQueue::new(4);
         let flag = Arc::new(Flag::default());
-        let waker = std::task::Waker::from(flag.clone());
-        let mut cx = Context::from_waker(&waker);
+        let waker = Waker::from(flag.clone());
 
-        let mut ready = std::pin::pin!(queue.ready());
-        assert!(ready.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(queue.poll_pending(&waker), Pending::Nothing);
         queue.push(reply()).expect("room");
         assert!(flag.woken());
-        assert_eq!(ready.as_mut().poll(&mut cx), Poll::Ready(true));
+        assert_eq!(queue.poll_pending(&waker), Pending::Work);
+        queue.push(reply()).expect("room");
+        assert!(
+            !flag.woken(),
+            "only the first frame into an empty queue wakes"
+        );
+        assert!(queue.pop().is_some());
         assert!(queue.pop().is_some());
 
-        let mut ready = std::pin::pin!(queue.ready());
-        assert!(ready.as_mut().poll(&mut cx).is_pending());
-        let mut closed = std::pin::pin!(queue.closed());
-        assert!(closed.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(queue.poll_pending(&waker), Pending::Nothing);
         queue.close(Disconnect::Shutdown);
         assert!(flag.woken());
-        assert_eq!(ready.as_mut().poll(&mut cx), Poll::Ready(false));
         assert_eq!(
-            closed.as_mut().poll(&mut cx),
-            Poll::Ready(Disconnect::Shutdown)
+            queue.poll_pending(&waker),
+            Pending::Close(Disconnect::Shutdown)
         );
     }
 
     #[test]
-    fn a_ping_wakes_the_writer_once_and_takes_no_room() {
+    fn a_ping_wakes_the_task_once_and_takes_no_room() {
         let queue = SendQueue::new(1);
         let flag = Arc::new(Flag::default());
-        let waker = std::task::Waker::from(flag.clone());
-        let mut cx = Context::from_waker(&waker);
+        let waker = Waker::from(flag.clone());
         queue.push(reply()).expect("room");
         assert!(queue.pop().is_some());
-        let mut ready = std::pin::pin!(queue.ready());
-        assert!(ready.as_mut().poll(&mut cx).is_pending());
-        queue.ping();
+        assert_eq!(queue.poll_pending(&waker), Pending::Nothing);
         queue.ping();
         assert!(flag.woken());
-        assert_eq!(ready.as_mut().poll(&mut cx), Poll::Ready(true));
+        queue.ping();
+        assert!(!flag.woken(), "a ping already due does not wake again");
+        assert_eq!(queue.poll_pending(&waker), Pending::Work);
         assert_eq!(queue.push(reply()), Ok(()));
         assert!(queue.take_ping());
         assert!(!queue.take_ping());
@@ -338,9 +346,9 @@ mod tests {
         let queue = SendQueue::new(4);
         queue.push(reply()).expect("room");
         queue.close(Disconnect::SlowConsumer);
-        let waker = std::task::Waker::noop();
-        let mut cx = Context::from_waker(waker);
-        let mut ready = std::pin::pin!(queue.ready());
-        assert_eq!(ready.as_mut().poll(&mut cx), Poll::Ready(false));
+        assert_eq!(
+            queue.poll_pending(Waker::noop()),
+            Pending::Close(Disconnect::SlowConsumer)
+        );
     }
 }

@@ -1,10 +1,10 @@
 //! One WebSocket connection: the state machine of `docs/PROTOCOL.md`.
 //!
-//! Two tasks per connection. The reader (this module's [`run`]) owns the
-//! session state and handles requests one at a time, in order; it also
-//! watches token expiry, the auth deadline, the heartbeat, config changes,
-//! shutdown and close requests from the hub. The [`writer`] drains the
-//! bounded send queue into the socket. Both are generic over the socket's
+//! One task per connection ([`run`]). It owns the session state and
+//! handles requests one at a time, in order; between them it drains the
+//! bounded send queue into the socket ([`writer`]) and watches token
+//! expiry, the auth deadline, the heartbeat, config changes, shutdown and
+//! close requests from the hub. It is generic over the socket's
 //! `Stream`/`Sink`, so the logic runs over any transport (the unit tests
 //! use a channel pair).
 //!
@@ -15,22 +15,24 @@
 mod authorize;
 mod rate_limit;
 mod revoke;
+mod serve;
 mod subscribe;
+mod topics;
 mod writer;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{Sink, Stream, StreamExt};
-use tokio::sync::watch;
-use tokio::time::{Instant, sleep_until};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
+use futures_util::{FutureExt, Sink, Stream};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use uuid::Uuid;
 
 use crate::acl::Policy;
@@ -42,6 +44,8 @@ use crate::protocol::{self, Action, Disconnect, ErrorCode, Request};
 use crate::state::ConnectionSlot;
 use authorize::Auth;
 use rate_limit::TokenBucket;
+use topics::TopicSet;
+use writer::Writer;
 
 /// What a session needs from its gateway, and nothing more.
 pub(crate) struct Handles {
@@ -52,6 +56,8 @@ pub(crate) struct Handles {
     pub config: watch::Receiver<Arc<Config>>,
     /// Flips to `true` once: the session closes with 1001.
     pub shutdown: watch::Receiver<bool>,
+    /// Woken when `config` or `shutdown` changes.
+    pub notices: Arc<Notify>,
     /// Subscriptions, authenticated sessions, auth failures, deliveries.
     pub metrics: Arc<Metrics>,
     /// This connection's place under `limits.max_connections`, and its
@@ -72,6 +78,8 @@ struct Session {
     updates: watch::Receiver<Arc<Config>>,
     /// The gateway's shutdown signal.
     shutdown: watch::Receiver<bool>,
+    /// Woken when `updates` or `shutdown` changes.
+    notices: Arc<Notify>,
     /// This gateway's Prometheus series.
     metrics: Arc<Metrics>,
     /// Held for the connection's life, then handed back with the socket;
@@ -87,7 +95,7 @@ struct Session {
     /// field.
     anonymous: Option<Box<Policy>>,
     /// Topics this session holds at the hub.
-    topics: HashSet<String>,
+    topics: TopicSet,
     /// `limits.requests_per_sec` / `request_burst` for this connection,
     /// and its refused authorizations.
     requests: TokenBucket,
@@ -117,10 +125,10 @@ fn later(at: Instant, wait: Duration) -> Instant {
 /// a reset and may lose the close frame.
 ///
 /// Not an `async fn`: its arguments would stay in the future for the whole
-/// connection, the unsplit socket included. The setup runs here and the
-/// future keeps only what the read loop needs.
+/// connection. The setup runs here and the future keeps only what the
+/// connection needs.
 pub(crate) fn run<S>(
-    socket: S,
+    mut socket: S,
     handles: Handles,
     peer: Option<SocketAddr>,
 ) -> impl Future<Output = Option<(S, ConnectionSlot)>> + Send
@@ -135,6 +143,7 @@ where
         hub,
         config: updates,
         shutdown,
+        notices,
         metrics,
         slot,
     } = handles;
@@ -144,12 +153,6 @@ where
         config.limits.send_queue,
         config.limits.send_queue_bytes,
     );
-    let (sink, mut stream) = socket.split();
-    let writer = tokio::spawn(writer::write_loop(
-        sink,
-        client.queue().clone(),
-        metrics.clone(),
-    ));
 
     let id = Uuid::new_v4();
     tracing::info!(session = %id, peer = peer.map(tracing::field::display), "connection opened");
@@ -166,101 +169,43 @@ where
         hub,
         updates,
         shutdown,
+        notices,
         metrics,
         slot: Some(slot),
         config,
         auth: Auth::None { deadline },
         anonymous: None,
-        topics: HashSet::new(),
+        topics: TopicSet::default(),
     };
     async move {
-        let reason = session.read_loop(&mut stream).await;
+        let mut writer = Writer::default();
+        // A panic in the session still closes the connection the way a
+        // failure should (1011), then goes on as a panic.
+        let served = AssertUnwindSafe(session.serve(&mut socket, &mut writer))
+            .catch_unwind()
+            .await;
+        let (reason, panic) = match served {
+            Ok(reason) => (reason, None),
+            Err(panic) => {
+                tracing::error!(session = %session.id, "session failed; closing its connection");
+                (Disconnect::Internal, Some(panic))
+            }
+        };
         session.client.close(reason);
         session.release_all();
         tracing::info!(session = %session.id, peer = peer.map(tracing::field::display), reason = reason.code().unwrap_or("peer_closed"), "connection closed");
         let slot = session.slot.take();
+        let (queue, metrics) = (session.client.queue().clone(), session.metrics.clone());
         drop(session);
-        let sink = writer.await.ok()?;
-        Some((stream.reunite(sink).ok()?, slot?))
+        writer.farewell(&mut socket, &queue, &metrics).await;
+        if let Some(panic) = panic {
+            std::panic::resume_unwind(panic);
+        }
+        Some((socket, slot?))
     }
 }
 
 impl Session {
-    async fn read_loop<R>(&mut self, stream: &mut R) -> Disconnect
-    where
-        R: Stream<Item = Result<Message, WsError>> + Unpin,
-    {
-        let idle_timeout = self.config.server.idle_timeout;
-        let mut last_seen = Instant::now();
-        // Heartbeat (docs/PROTOCOL.md, Closing): a ping every third of the
-        // idle timeout, queued for the writer; any frame, pongs included,
-        // proves the peer alive.
-        let mut ping_at = later(last_seen, idle_timeout / 3);
-        if *self.shutdown.borrow_and_update() {
-            return Disconnect::Shutdown;
-        }
-        loop {
-            // One timer for the heartbeat and all three deadlines keeps a
-            // single `Sleep` per connection. The auth deadline exists only
-            // before authorization and the token's expiry only after, so at
-            // most one of them is pending.
-            let idle_at = later(last_seen, idle_timeout);
-            let timer = self
-                .auth
-                .deadline()
-                .map_or(idle_at, |at| at.min(idle_at))
-                .min(ping_at);
-            tokio::select! {
-                message = stream.next() => {
-                    last_seen = Instant::now();
-                    match message {
-                    None | Some(Ok(Message::Close(_))) => return Disconnect::Gone,
-                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
-                        return Disconnect::TooLarge;
-                    }
-                    Some(Err(_)) => return Disconnect::Gone,
-                    // Boxed: requests are rare, and their future would
-                    // otherwise enlarge every idle connection's task.
-                    Some(Ok(Message::Text(text))) => Box::pin(self.handle_text(&text)).await,
-                    Some(Ok(Message::Binary(_))) => self.refuse_binary(),
-                    Some(Ok(_)) => {}
-                    }
-                    // A request may have closed the connection (too many
-                    // refused authorizations): stop reading at once.
-                    if let Some(reason) = self.client.queue().closing() {
-                        return reason;
-                    }
-                }
-                _ = sleep_until(timer) => {
-                    let now = Instant::now();
-                    if now >= ping_at {
-                        self.client.queue().ping();
-                        ping_at = later(now, idle_timeout / 3);
-                    }
-                    match self.auth {
-                        Auth::None { deadline: Some(at) } if now >= at => {
-                            self.metrics.auth_failure("auth_timeout");
-                            return Disconnect::AuthTimeout;
-                        }
-                        Auth::Authenticated { expires: Some(at), .. } if now >= at => {
-                            self.expire();
-                        }
-                        _ if now >= later(last_seen, idle_timeout) => return Disconnect::Idle,
-                        _ => {}
-                    }
-                }
-                reason = self.client.queue().closed() => return reason,
-                _ = self.shutdown.changed() => return Disconnect::Shutdown,
-                changed = self.updates.changed() => {
-                    if changed.is_ok() {
-                        let config = self.updates.borrow_and_update().clone();
-                        self.apply_config(config);
-                    }
-                }
-            }
-        }
-    }
-
     /// Whether `session` is this connection's id as the greeting sent it.
     fn is_own(&self, session: &str) -> bool {
         session
@@ -359,7 +304,7 @@ impl Session {
     /// Idempotent: it runs again when the session is dropped.
     fn release_all(&mut self) {
         self.metrics.subscriptions.sub(self.topics.len() as i64);
-        for topic in self.topics.drain() {
+        for topic in self.topics.take() {
             self.hub.unsubscribe(&topic, self.client.id);
         }
         if matches!(self.auth, Auth::Authenticated { .. }) {
@@ -369,10 +314,10 @@ impl Session {
     }
 }
 
-/// Cleanup that does not depend on the read loop returning: a session that
-/// panics, or whose task is dropped, still closes its queue (so the writer
-/// ends and the socket closes), lets go of its topics and gauges, and frees
-/// its slot (the field drops after this).
+/// Cleanup that does not depend on the loop returning: a session whose task
+/// is dropped still closes its queue, lets go of its topics and gauges, and
+/// frees its slot (the field drops after this). A panic in the loop is
+/// caught by [`run`], which closes the connection with 1011 first.
 impl Drop for Session {
     fn drop(&mut self) {
         if std::thread::panicking() {

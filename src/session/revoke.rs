@@ -39,8 +39,7 @@ impl Session {
     }
 
     fn revoke_all(&mut self, detail: &str) {
-        let topics: Vec<String> = self.topics.iter().cloned().collect();
-        for topic in topics {
+        for topic in self.topics.to_vec() {
             self.revoke(&topic, detail);
         }
     }
@@ -93,11 +92,11 @@ impl Session {
 
     /// Revokes every held topic the policy that applies now refuses.
     pub(super) fn revoke_disallowed(&mut self, detail: &str) {
-        let topics: Vec<String> = self.topics.iter().cloned().collect();
+        let topics = self.topics.to_vec();
         let Some(policy) = self.policy() else {
             return;
         };
-        let denied: Vec<String> = topics
+        let denied: Vec<Box<str>> = topics
             .into_iter()
             .filter(|t| !policy.check(t).allowed())
             .collect();

@@ -58,7 +58,7 @@ impl Session {
         };
         match self.hub.subscribe(topic, &self.client, join).await {
             Ok(()) => {
-                self.topics.insert(topic.clone());
+                self.topics.insert(topic);
                 self.metrics.subscriptions.inc();
             }
             Err(err) => {

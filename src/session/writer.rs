@@ -1,9 +1,15 @@
 //! The write half of a session: drains the send queue into the socket,
 //! several frames per flush, and sends the final frame and close frame
 //! (docs/PROTOCOL.md, Closing).
+//!
+//! It is not a task of its own: the connection's one task polls it beside
+//! the socket's read side and the session's timers ([`super::run`]). A
+//! second task per connection would cost its own allocation (512 bytes
+//! with tokio's 128-byte steps), the lock that splits the socket between
+//! the two, and a wake-up of each per request.
 
-use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt};
@@ -12,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::hub::SendQueue;
+use crate::hub::{Pending, SendQueue};
 use crate::metrics::Metrics;
 use crate::protocol::Disconnect;
 
@@ -20,69 +26,107 @@ use crate::protocol::Disconnect;
 /// connection is simply dropped (slow consumers).
 pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most frames written per flush.
-const WRITE_BATCH: usize = 64;
+const WRITE_BATCH: u8 = 64;
 
-/// Drains the queue into the socket until the session closes, then sends the
-/// final frame and close frame when the reason calls for them. Heartbeat
-/// pings come through the queue too: the reader owns the timers.
-///
-/// Holds no buffer or timer of its own while idle: each wake takes up to
-/// [`WRITE_BATCH`] frames from the queue, feeding each straight into the
-/// sink, so an idle connection pays only for this future. `arrivals` grows
-/// on the first delivery, never before.
-///
-/// Not an `async fn`, which would keep its arguments twice in the future:
-/// this one is spawned per connection, and its size is pinned by a test.
-#[expect(
-    clippy::manual_async_fn,
-    reason = "the async block holds the arguments once"
-)]
-pub(super) fn write_loop<W>(
-    mut sink: W,
-    queue: Arc<SendQueue>,
-    metrics: Arc<Metrics>,
-) -> impl Future<Output = W> + Send
-where
-    W: Sink<Message, Error = WsError> + Unpin + Send,
-{
-    async move {
-        // Broker arrival times of the deliveries written since the last flush.
-        let mut arrivals: Vec<Instant> = Vec::new();
-        loop {
-            if !queue.ready().await {
-                break;
-            }
-            let write = async {
-                if queue.take_ping() {
-                    sink.feed(Message::Ping(Default::default())).await?;
-                }
-                let mut fed = 0;
-                while fed < WRITE_BATCH {
-                    let Some(outbound) = queue.pop() else { break };
-                    arrivals.extend(outbound.arrived());
-                    sink.feed(Message::Text(outbound.frame)).await?;
-                    fed += 1;
-                }
-                sink.flush().await
-            };
-            let written = tokio::select! {
-                _ = queue.closing_requested() => break,
-                written = write => written,
-            };
-            if written.is_err() {
+/// Where the write half stands between two polls. Holds no buffer while
+/// idle: `arrivals` grows on the first delivery, never before.
+#[derive(Default)]
+pub(super) struct Writer {
+    /// Broker arrival times of the deliveries fed since the last flush.
+    arrivals: Vec<Instant>,
+    /// Frames fed since the last flush.
+    fed: u8,
+    /// The socket failed a write: nothing more is sent.
+    failed: bool,
+}
+
+impl Writer {
+    /// Feeds what the queue holds into `sink`, up to [`WRITE_BATCH`]
+    /// frames per flush, and flushes. `Pending` once everything is written
+    /// (the queue wakes the task for more) or while the socket is full
+    /// (the socket wakes it); `Ready` once the socket has failed a write,
+    /// after which the queue refuses frames. A close request stops the
+    /// writing: the session ends and [`Writer::farewell`] sends what the
+    /// reason calls for.
+    pub fn poll_write<W>(
+        &mut self,
+        sink: &mut W,
+        queue: &SendQueue,
+        metrics: &Metrics,
+        cx: &mut Context<'_>,
+    ) -> Poll<()>
+    where
+        W: Sink<Message, Error = WsError> + Unpin,
+    {
+        if self.failed {
+            return Poll::Ready(());
+        }
+        match self.write(Pin::new(sink), queue, metrics, cx) {
+            Poll::Ready(err) => {
+                tracing::debug!(error = %err, "write failed");
                 // The socket is gone: refuse further frames rather than hold
                 // them until the session notices.
+                self.failed = true;
                 queue.shut();
-                return sink;
+                Poll::Ready(())
             }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn write<W>(
+        &mut self,
+        mut sink: Pin<&mut W>,
+        queue: &SendQueue,
+        metrics: &Metrics,
+        cx: &mut Context<'_>,
+    ) -> Poll<WsError>
+    where
+        W: Sink<Message, Error = WsError>,
+    {
+        loop {
+            let work = queue.poll_pending(cx.waker()) == Pending::Work;
+            if work && self.fed < WRITE_BATCH {
+                if let Err(err) = ready!(sink.as_mut().poll_ready(cx)) {
+                    return Poll::Ready(err);
+                }
+                let message = if queue.take_ping() {
+                    Message::Ping(Default::default())
+                } else if let Some(outbound) = queue.pop() {
+                    self.arrivals.extend(outbound.arrived());
+                    Message::Text(outbound.frame)
+                } else {
+                    continue;
+                };
+                if let Err(err) = sink.as_mut().start_send(message) {
+                    return Poll::Ready(err);
+                }
+                self.fed += 1;
+                continue;
+            }
+            if self.fed == 0 {
+                return Poll::Pending;
+            }
+            if let Err(err) = ready!(sink.as_mut().poll_flush(cx)) {
+                return Poll::Ready(err);
+            }
+            self.fed = 0;
             let now = Instant::now();
-            metrics.frames_delivered.inc_by(arrivals.len() as u64);
-            for arrived in arrivals.drain(..) {
+            metrics.frames_delivered.inc_by(self.arrivals.len() as u64);
+            for arrived in self.arrivals.drain(..) {
                 let latency = now.saturating_duration_since(arrived);
                 metrics.delivery_latency.observe(latency.as_secs_f64());
             }
         }
-        // A slow consumer's queue is discarded unsent, as is anything left.
+    }
+
+    /// The session is over: refuses further frames, discards what is left
+    /// unsent (a slow consumer's queue included), then sends the final
+    /// frame and close frame when the reason calls for them.
+    pub async fn farewell<W>(&self, sink: &mut W, queue: &SendQueue, metrics: &Metrics)
+    where
+        W: Sink<Message, Error = WsError> + Unpin,
+    {
         let (reason, left) = queue.shut();
         if left > 0 {
             let why = match reason {
@@ -91,16 +135,17 @@ where
             };
             metrics.dropped(why, left);
         }
-        drop(queue);
-        let Some(reason) = reason else { return sink };
+        let Some(reason) = reason.filter(|_| !self.failed) else {
+            return;
+        };
         if reason == Disconnect::Gone {
             // The peer's close frame was read and tungstenite queued the reply;
             // send it, so a clean close ends as 1000 rather than 1006.
             let _ = timeout(CLOSE_TIMEOUT, sink.close()).await;
-            return sink;
+            return;
         }
         let Some(code) = reason.close_code() else {
-            return sink;
+            return;
         };
         let farewell = async {
             if let Some(frame) = reason.final_frame() {
@@ -113,6 +158,5 @@ where
             .await
         };
         let _ = timeout(CLOSE_TIMEOUT, farewell).await;
-        sink
     }
 }

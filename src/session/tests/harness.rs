@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::{Sink, Stream};
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -120,6 +120,8 @@ pub(super) struct Harness {
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub connections: Arc<Connections>,
+    /// What wakes the sessions on a reload or the shutdown.
+    notices: Arc<Notify>,
 }
 
 impl Harness {
@@ -127,9 +129,12 @@ impl Harness {
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(metrics.clone()));
         let broker = Arc::new(MemoryBroker::new(registry.clone()));
+        let config = watch::Sender::new(Arc::new(config));
+        let shutdown = watch::Sender::new(false);
         Self {
-            config: watch::Sender::new(Arc::new(config)),
-            shutdown: watch::Sender::new(false),
+            notices: crate::state::notices(config.subscribe(), shutdown.subscribe()),
+            config,
+            shutdown,
             hub: Arc::new(Hub::new(registry, broker)),
             connections: Arc::new(Connections::new(metrics.connections.clone())),
             metrics,
@@ -155,6 +160,7 @@ impl Harness {
             hub: self.hub.clone(),
             config: self.config.subscribe(),
             shutdown: self.shutdown.subscribe(),
+            notices: self.notices.clone(),
             metrics: self.metrics.clone(),
             slot: self.connections.open(usize::MAX).expect("a slot"),
         };
