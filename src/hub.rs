@@ -209,7 +209,7 @@ impl Deliver for Registry {
                 Admit::Deliver => {}
                 Admit::Stale => return,
                 Admit::Late => {
-                    if !entry.joining.is_empty() {
+                    if !entry.joining().is_empty() {
                         entry.buffer(&encode(), position, arrived);
                     }
                     return;
@@ -222,7 +222,7 @@ impl Deliver for Registry {
                 }
             }
             let subscribers = entry.subscribers.clone();
-            if entry.joining.is_empty() {
+            if entry.joining().is_empty() {
                 (subscribers, None)
             } else {
                 // Joiners see it in their buffers; those it brings up to

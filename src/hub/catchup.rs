@@ -59,14 +59,14 @@ impl Registry {
                 let Entry::Active(entry) = entry else {
                     continue;
                 };
-                if let (Some(last), None) = (&entry.last, &entry.held) {
+                if let (Some(last), None) = (&entry.last, entry.held()) {
                     let id = self.next_catch_up();
                     let seen = Seen {
                         position: last.clone(),
                         digest: entry.digest,
                     };
                     started.push((topic.clone(), seen, id));
-                    entry.held = Some((id, Vec::new()));
+                    entry.rare_mut().held = Some((id, Vec::new()));
                 }
             }
         }
@@ -83,10 +83,11 @@ impl Registry {
         let Some(Entry::Active(entry)) = topics.get_mut(topic) else {
             return;
         };
-        let held = match entry.held.take() {
+        let held = match entry.rare.as_mut().and_then(|rare| rare.held.take()) {
             Some((held_id, held)) if held_id == id => held,
             other => {
-                entry.held = other;
+                entry.rare_mut().held = other;
+                entry.tidy();
                 return;
             }
         };
@@ -109,7 +110,8 @@ impl Registry {
             if let Some(last) = &entry.last
                 && last.epoch != position.epoch
             {
-                entry.retired = Some(last.epoch.clone());
+                let retired = last.epoch.clone();
+                entry.rare_mut().retired = Some(retired);
             }
             entry.last = Some(position);
             entry.digest = None;
@@ -162,7 +164,7 @@ impl Registry {
                 Admit::CatchUp(since, id) => again = Some((since, id)),
             }
             if let Some((since, id)) = again {
-                if let Some((_, waiting)) = &mut entry.held {
+                if let Some((_, waiting)) = entry.rare.as_mut().and_then(|r| r.held.as_mut()) {
                     waiting.extend(held);
                 }
                 drop(topics);
@@ -172,8 +174,11 @@ impl Registry {
             }
         }
         // Only later messages may start another read: held ones go out now.
-        entry.unverified = unverified;
+        if unverified || entry.rare.is_some() {
+            entry.rare_mut().unverified = unverified;
+        }
         entry.promote();
+        entry.tidy();
         drop(topics);
         self.count_dropped(dropped);
     }

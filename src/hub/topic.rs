@@ -22,19 +22,30 @@ use super::{ClientHandle, Outbound};
 use crate::broker::Position;
 use crate::protocol::{Disconnect, Frame};
 
-/// A live topic in the registry.
+/// A live topic in the registry. One per topic with a local subscriber,
+/// on the delivery path: what every topic needs is inline, what joins,
+/// catch-ups and gaps need is boxed in [`Rare`] while they last (a map
+/// bucket of this is paid per topic, used or not).
 pub(super) struct Topic {
     /// Plain subscribers. Copy-on-write, so a delivery clones the `Arc`
     /// and fans out without holding the registry lock.
     pub subscribers: Arc<Vec<ClientHandle>>,
-    /// Clients between joining and live delivery; empty on the hot path.
-    pub joining: Vec<Joiner>,
     /// The last recorded position delivered to `subscribers`.
     pub last: Option<Position>,
     /// The [`digest`] of the payload delivered at `last`; `None` when
     /// `last` came from a history read or a gap. A catch-up checks that the
     /// history still holds this message there.
     pub digest: Option<u64>,
+    /// Joiners, a catch-up's held messages, a retired epoch; `None` while
+    /// the topic has none of them, which is most of the time.
+    pub rare: Option<Box<Rare>>,
+}
+
+/// A topic's state while clients join, a catch-up runs, or after a gap.
+#[derive(Default)]
+pub(super) struct Rare {
+    /// Clients between joining and live delivery; empty on the hot path.
+    pub joining: Vec<Joiner>,
     /// The epoch a gap moved delivery away from: its frames still in
     /// flight are stale, not a reason to catch up again.
     pub retired: Option<Arc<str>>,
@@ -46,6 +57,12 @@ pub(super) struct Topic {
     /// While the range after `last` is read: the catch-up's id and the
     /// live messages waiting behind it, in arrival order.
     pub held: Option<(u64, Vec<Held>)>,
+}
+
+impl Rare {
+    fn is_idle(&self) -> bool {
+        self.joining.is_empty() && self.retired.is_none() && !self.unverified && self.held.is_none()
+    }
 }
 
 /// A client whose history read is running, or done and waiting for live
@@ -112,19 +129,53 @@ pub(super) fn digest(payload: &[u8]) -> u64 {
 
 impl Topic {
     pub fn new(subscribers: Vec<ClientHandle>, joining: Vec<Joiner>) -> Self {
-        Self {
+        let mut topic = Self {
             subscribers: Arc::new(subscribers),
-            joining,
             last: None,
             digest: None,
-            retired: None,
-            unverified: false,
-            held: None,
+            rare: None,
+        };
+        if !joining.is_empty() {
+            topic.rare_mut().joining = joining;
+        }
+        topic
+    }
+
+    /// The rare state, made when first needed.
+    pub fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the rare state once nothing is left in it: a topic keeps its
+    /// entry as long as it has subscribers, and most topics see one join.
+    pub fn tidy(&mut self) {
+        if self.rare.as_ref().is_some_and(|rare| rare.is_idle()) {
+            self.rare = None;
         }
     }
 
+    pub fn joining(&self) -> &[Joiner] {
+        self.rare.as_ref().map_or(&[], |rare| &rare.joining)
+    }
+
+    pub fn held(&self) -> Option<&(u64, Vec<Held>)> {
+        self.rare.as_ref().and_then(|rare| rare.held.as_ref())
+    }
+
+    fn held_mut(&mut self) -> Option<&mut (u64, Vec<Held>)> {
+        self.rare.as_mut().and_then(|rare| rare.held.as_mut())
+    }
+
+    fn retired(&self) -> Option<&Arc<str>> {
+        self.rare.as_ref().and_then(|rare| rare.retired.as_ref())
+    }
+
+    fn unverified(&self) -> bool {
+        self.rare.as_ref().is_some_and(|rare| rare.unverified)
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.subscribers.is_empty() && self.joining.is_empty()
+        self.subscribers.is_empty() && self.joining().is_empty()
     }
 
     /// Removes client `id`, subscribed or joining.
@@ -132,16 +183,10 @@ impl Topic {
         if self.subscribers.iter().any(|c| c.id == id) {
             Arc::make_mut(&mut self.subscribers).retain(|c| c.id != id);
         }
-        self.joining.retain(|j| j.client.id != id);
-        self.release_joining();
-    }
-
-    /// Frees the joiners' room once none is left: a topic keeps its entry
-    /// as long as it has subscribers, and most topics see one join.
-    fn release_joining(&mut self) {
-        if self.joining.is_empty() {
-            self.joining = Vec::new();
+        if let Some(rare) = &mut self.rare {
+            rare.joining.retain(|j| j.client.id != id);
         }
+        self.tidy();
     }
 
     /// Orders a live message: recorded messages go out once each, in
@@ -155,33 +200,34 @@ impl Topic {
         hold: impl FnOnce() -> Held,
         next_id: impl FnOnce() -> u64,
     ) -> Admit {
-        if let Some((_, held)) = &mut self.held {
+        if let Some((_, held)) = self.held_mut() {
             held.push(hold());
             return Admit::Held;
         }
         let Some(position) = position else {
             return Admit::Deliver;
         };
+        let unverified = self.unverified();
         match &self.last {
             Some(last)
                 if last.epoch == position.epoch
                     && position.offset <= last.offset
-                    && !self.unverified =>
+                    && !unverified =>
             {
                 Admit::Late
             }
-            Some(_) if self.retired.as_ref() == Some(&position.epoch) => Admit::Stale,
+            Some(_) if self.retired() == Some(&position.epoch) => Admit::Stale,
             Some(last)
                 if last.epoch != position.epoch
                     || position.offset > last.offset + 1
-                    || (self.unverified && position.offset <= last.offset) =>
+                    || (unverified && position.offset <= last.offset) =>
             {
                 let seen = Seen {
                     position: last.clone(),
                     digest: self.digest,
                 };
                 let id = next_id();
-                self.held = Some((id, vec![hold()]));
+                self.rare_mut().held = Some((id, vec![hold()]));
                 Admit::CatchUp(seen, id)
             }
             _ => {
@@ -195,7 +241,8 @@ impl Topic {
     /// Copies a frame to every joining client's buffer. A buffer as long
     /// as the client's send queue is a slow consumer, as a full queue is.
     pub fn buffer(&mut self, frame: &Frame, position: Option<&Position>, arrived: Instant) {
-        for joiner in &mut self.joining {
+        let Some(rare) = &mut self.rare else { return };
+        for joiner in &mut rare.joining {
             if joiner.buffer.len() >= joiner.client.queue().capacity() {
                 joiner.client.close(Disconnect::SlowConsumer);
                 continue;
@@ -222,11 +269,13 @@ impl Topic {
 
     /// Sends a notice (a `gap`) to every subscriber and joiner.
     pub fn notify(&mut self, frame: &Frame) {
-        for joiner in &mut self.joining {
-            joiner.buffer.push(Buffered {
-                outbound: Outbound::reply(frame.clone()),
-                position: None,
-            });
+        if let Some(rare) = &mut self.rare {
+            for joiner in &mut rare.joining {
+                joiner.buffer.push(Buffered {
+                    outbound: Outbound::reply(frame.clone()),
+                    position: None,
+                });
+            }
         }
         for client in self.subscribers.iter() {
             client.push(frame.clone());
@@ -235,16 +284,20 @@ impl Topic {
 
     /// Adds a joining client.
     pub fn join(&mut self, client: ClientHandle) {
-        self.joining.push(Joiner::new(client));
+        self.rare_mut().joining.push(Joiner::new(client));
     }
 
     /// Client `id`'s read is done; it goes live once delivery has reached
     /// the position it read. Returns `false` when it is no longer joining.
     pub fn complete(&mut self, id: u64, completion: Completion) -> bool {
-        let Some(joiner) = self.joining.iter_mut().find(|j| j.client.id == id) else {
+        let fresh = self.last.is_none() && self.held().is_none();
+        let Some(rare) = &mut self.rare else {
             return false;
         };
-        if self.last.is_none() && self.held.is_none() {
+        let Some(joiner) = rare.joining.iter_mut().find(|j| j.client.id == id) else {
+            return false;
+        };
+        if fresh {
             // Nothing recorded has been delivered since the topic went live:
             // every message after this read arrives live from here on.
             self.last.clone_from(&completion.last);
@@ -257,12 +310,12 @@ impl Topic {
     /// Makes live every ready joiner whose replay end delivery has reached:
     /// its reply and replay, then its buffered frames newer than the replay.
     pub fn promote(&mut self) {
-        if self.held.is_some() {
+        let Some(rare) = self.rare.as_mut().filter(|rare| rare.held.is_none()) else {
             return;
-        }
+        };
         let mut index = 0;
-        while index < self.joining.len() {
-            let reached = self.joining[index]
+        while index < rare.joining.len() {
+            let reached = rare.joining[index]
                 .ready
                 .as_ref()
                 .is_some_and(|ready| reached(self.last.as_ref(), ready.last.as_ref()));
@@ -270,7 +323,7 @@ impl Topic {
                 index += 1;
                 continue;
             }
-            let joiner = self.joining.swap_remove(index);
+            let joiner = rare.joining.swap_remove(index);
             let Some(ready) = joiner.ready else { continue };
             let client = joiner.client;
             let mut open = true;
@@ -292,7 +345,10 @@ impl Topic {
                 subscribers.push(client);
             }
         }
-        self.release_joining();
+        if rare.joining.is_empty() {
+            rare.joining = Vec::new();
+        }
+        self.tidy();
     }
 }
 
