@@ -79,8 +79,9 @@ pub mod hot_paths {
     pub use crate::auth::Identity;
     pub use crate::broker::memory::MemoryBroker;
     pub use crate::broker::{Deliver, Delivery};
-    pub use crate::hub::{ClientHandle, Hub, Join, Registry, SendQueue};
+    pub use crate::hub::{ClientHandle, Hub, Join, Outbound, Registry, SendQueue};
     pub use crate::protocol::{Frame, decode, encode_delivery, validate_topic};
+    pub use crate::session::Writer;
 }
 
 /// The broker seam, for the brokers' integration tests

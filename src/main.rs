@@ -273,7 +273,7 @@ fn run(config: Config, path: PathBuf, log_format: Option<&str>) -> ExitCode {
             );
         }
         let bind = config.server.bind;
-        let listener = match tokio::net::TcpListener::bind(bind).await {
+        let listener = match listen(bind) {
             Ok(listener) => listener,
             Err(err) => {
                 tracing::error!(%bind, error = %err, "cannot bind");
@@ -302,4 +302,22 @@ fn run(config: Config, path: PathBuf, log_format: Option<&str>) -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// Binds the gateway's listener with a listen queue of 4,096 (the kernel
+/// caps it at `net.core.somaxconn`): tokio's default of 1,024 overflows
+/// when thousands of clients reconnect at once, and each overflowed SYN
+/// costs its client a one-second retransmit (docs/BENCHMARKS.md,
+/// reconnect storm).
+fn listen(bind: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if bind.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restart may reuse a port whose old
+    // connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(bind)?;
+    socket.listen(4096)
 }

@@ -45,7 +45,7 @@ use crate::state::ConnectionSlot;
 use authorize::Auth;
 use rate_limit::TokenBucket;
 use topics::TopicSet;
-use writer::Writer;
+pub use writer::Writer;
 
 /// What a session needs from its gateway, and nothing more.
 pub(crate) struct Handles {

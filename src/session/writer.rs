@@ -31,7 +31,7 @@ const WRITE_BATCH: u8 = 64;
 /// Where the write half stands between two polls. Holds no buffer while
 /// idle: `arrivals` grows on the first delivery, never before.
 #[derive(Default)]
-pub(super) struct Writer {
+pub struct Writer {
     /// Broker arrival times of the deliveries fed since the last flush.
     arrivals: Vec<Instant>,
     /// Frames fed since the last flush.
