@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 pub use join::Join;
-pub use queue::{Pending, PushError, SendQueue};
+pub use queue::{Next, Pending, PushError, SendQueue};
 
 use crate::broker::{Broker, BrokerError, Deliver, Delivery};
 use crate::metrics::Metrics;
@@ -35,6 +35,7 @@ use topic::{Admit, Held, Topic};
 
 /// One queued frame. Deliveries carry their broker arrival time, so the
 /// writer can measure delivery latency when the frame reaches the socket.
+#[derive(Clone)]
 pub struct Outbound {
     pub frame: Frame,
     /// For deliveries, nanoseconds from [`clock_origin`] to the broker
@@ -59,10 +60,11 @@ impl Outbound {
         }
     }
 
-    /// When the broker handed the message over; `None` for replies.
-    pub fn arrived(&self) -> Option<Instant> {
-        let nanos = self.arrived.checked_sub(1)?;
-        Some(clock_origin() + std::time::Duration::from_nanos(nanos))
+    /// When the broker handed the message over, in nanoseconds on
+    /// [`clock_nanos`]'s clock (the writer's latency arithmetic stays in
+    /// integers); `None` for replies.
+    pub fn arrival(&self) -> Option<u64> {
+        self.arrived.checked_sub(1)
     }
 }
 
@@ -70,6 +72,12 @@ impl Outbound {
 fn clock_origin() -> Instant {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     *ORIGIN.get_or_init(Instant::now)
+}
+
+/// Now, in nanoseconds since the origin of [`Outbound::arrival`].
+pub fn clock_nanos() -> u64 {
+    let since = Instant::now().saturating_duration_since(clock_origin());
+    u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A connection as the hub sees it: where its frames go and how to close it.
@@ -233,10 +241,12 @@ impl Deliver for Registry {
                 (subscribers, Some(frame))
             }
         };
-        let frame = frame.unwrap_or_else(encode);
+        // One arrival stamp for all: only the frame handle is cloned per
+        // subscriber.
+        let outbound = Outbound::delivery(frame.unwrap_or_else(encode), arrived);
         let mut dropped = 0;
         for client in subscribers.iter() {
-            if !client.enqueue(Outbound::delivery(frame.clone(), arrived)) {
+            if !client.enqueue(outbound.clone()) {
                 dropped += 1;
             }
         }

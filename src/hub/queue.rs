@@ -10,11 +10,14 @@
 //!
 //! One task serves a connection, reading and writing both, so one waker
 //! stands for it here: a frame into an empty queue, a ping or a close
-//! request wakes it.
+//! request wakes it. The queue is also the waker the task hands its socket's
+//! read side, its timer and its notices ([`Wake`]): their wake-ups set a
+//! flag first, so a wake-up for frames to write polls none of them.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
-use std::task::Waker;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Wake, Waker};
 
 use futures_util::task::AtomicWaker;
 
@@ -48,6 +51,17 @@ pub struct SendQueue {
     /// before it looks at the queue, so no wake-up falls between its check
     /// and its wait.
     task: AtomicWaker,
+    /// Something other than the queue woke the task (the socket's read
+    /// side, the session's timer, a notice): those must be polled.
+    stirred: AtomicBool,
+}
+
+/// What the writer takes from the queue next.
+pub enum Next {
+    /// A heartbeat ping, ahead of waiting frames.
+    Ping,
+    /// The oldest waiting frame.
+    Frame(Outbound),
 }
 
 /// What the connection's task finds when it looks at its queue.
@@ -96,6 +110,7 @@ impl SendQueue {
             capacity,
             max_bytes,
             task: AtomicWaker::new(),
+            stirred: AtomicBool::new(true),
         }
     }
 
@@ -156,10 +171,14 @@ impl SendQueue {
         self.lock().closing
     }
 
-    /// For the connection's task: registers `waker` to be woken by the
-    /// next push, ping or close, then says what is waiting now.
-    pub fn poll_pending(&self, waker: &Waker) -> Pending {
+    /// For the connection's task, once per poll: `waker` is woken by the
+    /// next push, ping or close, and by [`Wake`].
+    pub fn register(&self, waker: &Waker) {
         self.task.register(waker);
+    }
+
+    /// What is waiting now.
+    pub fn pending(&self) -> Pending {
         let state = self.lock();
         match state.closing {
             Some(reason) => Pending::Close(reason),
@@ -168,9 +187,31 @@ impl SendQueue {
         }
     }
 
-    /// Whether a ping is due; clears the request.
-    pub fn take_ping(&self) -> bool {
-        std::mem::take(&mut self.lock().ping)
+    /// Whether the socket, the timer or a notice woke the task since the
+    /// last call (or [`SendQueue::stir`]); clears the flag.
+    pub fn take_stirred(&self) -> bool {
+        self.stirred.swap(false, Ordering::AcqRel)
+    }
+
+    /// Marks the socket, timer and notices as due a poll, as their waker
+    /// does: after a reset timer, or when one of them was ready and the
+    /// others may be too.
+    pub fn stir(&self) {
+        self.stirred.store(true, Ordering::Release);
+    }
+
+    /// For the writer: a due ping, else the oldest frame, in one lock;
+    /// `None` when nothing waits or the close was asked for (it wins over
+    /// waiting frames).
+    pub fn next(&self) -> Option<Next> {
+        let mut state = self.lock();
+        if state.closing.is_some() {
+            return None;
+        }
+        if std::mem::take(&mut state.ping) {
+            return Some(Next::Ping);
+        }
+        Self::pop_locked(&mut state).map(Next::Frame)
     }
 
     /// The oldest waiting frame. A queue emptied by a reply gives its room
@@ -178,7 +219,10 @@ impl SendQueue {
     /// then the connection may idle for hours; deliveries keep it, since
     /// more follow.
     pub fn pop(&self) -> Option<Outbound> {
-        let mut state = self.lock();
+        Self::pop_locked(&mut self.lock())
+    }
+
+    fn pop_locked(state: &mut State) -> Option<Outbound> {
         let outbound = state.frames.pop_front()?;
         state.bytes -= outbound.frame.len();
         if state.frames.is_empty() && outbound.arrived == 0 {
@@ -197,8 +241,20 @@ impl SendQueue {
             state.bytes = 0;
             (state.closing, std::mem::take(&mut state.frames))
         };
-        let deliveries = left.iter().filter(|o| o.arrived().is_some()).count();
+        let deliveries = left.iter().filter(|o| o.arrival().is_some()).count();
         (reason, deliveries as u64)
+    }
+}
+
+/// The waker of the connection's socket read side, timer and notices.
+impl Wake for SendQueue {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.stir();
+        self.task.wake();
     }
 }
 
@@ -208,6 +264,11 @@ mod tests {
 
     use super::*;
     use crate::protocol::Frame;
+
+    fn poll_pending(queue: &SendQueue, waker: &Waker) -> Pending {
+        queue.register(waker);
+        queue.pending()
+    }
 
     fn reply() -> Outbound {
         Outbound::reply(Frame::from_static("{}"))
@@ -302,10 +363,10 @@ mod tests {
         let flag = Arc::new(Flag::default());
         let waker = Waker::from(flag.clone());
 
-        assert_eq!(queue.poll_pending(&waker), Pending::Nothing);
+        assert_eq!(poll_pending(&queue, &waker), Pending::Nothing);
         queue.push(reply()).expect("room");
         assert!(flag.woken());
-        assert_eq!(queue.poll_pending(&waker), Pending::Work);
+        assert_eq!(poll_pending(&queue, &waker), Pending::Work);
         queue.push(reply()).expect("room");
         assert!(
             !flag.woken(),
@@ -314,11 +375,11 @@ mod tests {
         assert!(queue.pop().is_some());
         assert!(queue.pop().is_some());
 
-        assert_eq!(queue.poll_pending(&waker), Pending::Nothing);
+        assert_eq!(poll_pending(&queue, &waker), Pending::Nothing);
         queue.close(Disconnect::Shutdown);
         assert!(flag.woken());
         assert_eq!(
-            queue.poll_pending(&waker),
+            poll_pending(&queue, &waker),
             Pending::Close(Disconnect::Shutdown)
         );
     }
@@ -330,15 +391,39 @@ mod tests {
         let waker = Waker::from(flag.clone());
         queue.push(reply()).expect("room");
         assert!(queue.pop().is_some());
-        assert_eq!(queue.poll_pending(&waker), Pending::Nothing);
+        assert_eq!(poll_pending(&queue, &waker), Pending::Nothing);
         queue.ping();
         assert!(flag.woken());
         queue.ping();
         assert!(!flag.woken(), "a ping already due does not wake again");
-        assert_eq!(queue.poll_pending(&waker), Pending::Work);
+        assert_eq!(poll_pending(&queue, &waker), Pending::Work);
         assert_eq!(queue.push(reply()), Ok(()));
-        assert!(queue.take_ping());
-        assert!(!queue.take_ping());
+        assert!(
+            matches!(queue.next(), Some(Next::Ping)),
+            "the ping goes first"
+        );
+        assert!(matches!(queue.next(), Some(Next::Frame(_))));
+        assert!(queue.next().is_none());
+    }
+
+    #[test]
+    fn a_wake_through_the_queue_stirs_and_wakes_the_task() {
+        let queue = Arc::new(SendQueue::new(4));
+        let flag = Arc::new(Flag::default());
+        let waker = Waker::from(flag.clone());
+        assert!(
+            queue.take_stirred(),
+            "a new connection polls everything once"
+        );
+        assert!(!queue.take_stirred());
+        queue.register(&waker);
+        Waker::from(queue.clone()).wake();
+        assert!(flag.woken());
+        assert!(queue.take_stirred());
+        queue.register(&waker);
+        queue.push(reply()).expect("room");
+        assert!(flag.woken());
+        assert!(!queue.take_stirred(), "a frame does not stir");
     }
 
     #[test]
@@ -347,7 +432,7 @@ mod tests {
         queue.push(reply()).expect("room");
         queue.close(Disconnect::SlowConsumer);
         assert_eq!(
-            queue.poll_pending(Waker::noop()),
+            poll_pending(&queue, Waker::noop()),
             Pending::Close(Disconnect::SlowConsumer)
         );
     }

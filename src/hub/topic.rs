@@ -259,8 +259,9 @@ impl Topic {
     pub fn fan(&mut self, frame: &Frame, position: Option<&Position>, arrived: Instant) -> u64 {
         self.buffer(frame, position, arrived);
         let mut dropped = 0;
+        let outbound = Outbound::delivery(frame.clone(), arrived);
         for client in self.subscribers.iter() {
-            if !client.enqueue(Outbound::delivery(frame.clone(), arrived)) {
+            if !client.enqueue(outbound.clone()) {
                 dropped += 1;
             }
         }

@@ -5,7 +5,7 @@
 
 use std::future::{Future, poll_fn};
 use std::pin::pin;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 
 use futures_util::{Sink, Stream, StreamExt};
 use tokio::time::{Instant, sleep_until};
@@ -69,19 +69,34 @@ impl Session {
         let mut timer = pin!(sleep_until(armed));
         loop {
             let event = poll_fn(|cx| {
+                queue.register(cx.waker());
                 if writer.poll_write(socket, &queue, &metrics, cx).is_ready() {
                     return Poll::Ready(Event::WriteFailed);
                 }
-                if let Pending::Close(reason) = queue.poll_pending(cx.waker()) {
+                if let Pending::Close(reason) = queue.pending() {
                     return Poll::Ready(Event::Close(reason));
                 }
-                if notice.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::Notice);
+                // A wake-up for frames to write polls nothing else: the
+                // socket's read side, the timer and the notice are polled
+                // with the queue as their waker, which marks them stirred.
+                if !queue.take_stirred() {
+                    return Poll::Pending;
                 }
-                if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::Timer);
-                }
-                socket.poll_next_unpin(cx).map(Event::Read)
+                let stirred = Waker::from(queue.clone());
+                let mut cx = Context::from_waker(&stirred);
+                let event = if notice.as_mut().poll(&mut cx).is_ready() {
+                    Event::Notice
+                } else if timer.as_mut().poll(&mut cx).is_ready() {
+                    Event::Timer
+                } else {
+                    match socket.poll_next_unpin(&mut cx) {
+                        Poll::Ready(message) => Event::Read(message),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                };
+                // The others may be ready too: look again after this one.
+                queue.stir();
+                Poll::Ready(event)
             })
             .await;
             match event {
@@ -146,6 +161,8 @@ impl Session {
             if at != armed || timer.is_elapsed() {
                 armed = at;
                 timer.as_mut().reset(at);
+                // A reset timer is registered by its next poll.
+                queue.stir();
             }
         }
     }
@@ -160,6 +177,7 @@ impl Session {
         let metrics = self.metrics.clone();
         let mut request = pin!(self.handle_text(&text));
         poll_fn(|cx| {
+            queue.register(cx.waker());
             let _ = writer.poll_write(socket, &queue, &metrics, cx);
             request.as_mut().poll(cx)
         })

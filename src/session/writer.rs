@@ -13,12 +13,12 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt};
-use tokio::time::{Instant, timeout};
+use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::hub::{Pending, SendQueue};
+use crate::hub::{Next, SendQueue, clock_nanos};
 use crate::metrics::Metrics;
 use crate::protocol::Disconnect;
 
@@ -32,8 +32,9 @@ const WRITE_BATCH: u8 = 64;
 /// idle: `arrivals` grows on the first delivery, never before.
 #[derive(Default)]
 pub struct Writer {
-    /// Broker arrival times of the deliveries fed since the last flush.
-    arrivals: Vec<Instant>,
+    /// Broker arrival times of the deliveries fed since the last flush, in
+    /// nanoseconds ([`crate::hub::clock_nanos`]).
+    arrivals: Vec<u64>,
     /// Frames fed since the last flush.
     fed: u8,
     /// The socket failed a write: nothing more is sent.
@@ -42,7 +43,8 @@ pub struct Writer {
 
 impl Writer {
     /// Feeds what the queue holds into `sink`, up to [`WRITE_BATCH`]
-    /// frames per flush, and flushes. `Pending` once everything is written
+    /// frames per flush, and flushes; the caller has registered the task's
+    /// waker with the queue this poll. `Pending` once everything is written
     /// (the queue wakes the task for more) or while the socket is full
     /// (the socket wakes it); `Ready` once the socket has failed a write,
     /// after which the queue refuses frames. A close request stops the
@@ -85,24 +87,28 @@ impl Writer {
         W: Sink<Message, Error = WsError>,
     {
         loop {
-            let work = queue.poll_pending(cx.waker()) == Pending::Work;
-            if work && self.fed < WRITE_BATCH {
+            // Whether the queue was found empty: then a flush ends the poll,
+            // since a frame pushed from now on wakes the task again.
+            let mut drained = false;
+            if self.fed < WRITE_BATCH {
                 if let Err(err) = ready!(sink.as_mut().poll_ready(cx)) {
                     return Poll::Ready(err);
                 }
-                let message = if queue.take_ping() {
-                    Message::Ping(Default::default())
-                } else if let Some(outbound) = queue.pop() {
-                    self.arrivals.extend(outbound.arrived());
-                    Message::Text(outbound.frame)
-                } else {
+                if let Some(next) = queue.next() {
+                    let message = match next {
+                        Next::Ping => Message::Ping(Default::default()),
+                        Next::Frame(outbound) => {
+                            self.arrivals.extend(outbound.arrival());
+                            Message::Text(outbound.frame)
+                        }
+                    };
+                    if let Err(err) = sink.as_mut().start_send(message) {
+                        return Poll::Ready(err);
+                    }
+                    self.fed += 1;
                     continue;
-                };
-                if let Err(err) = sink.as_mut().start_send(message) {
-                    return Poll::Ready(err);
                 }
-                self.fed += 1;
-                continue;
+                drained = true;
             }
             if self.fed == 0 {
                 return Poll::Pending;
@@ -111,11 +117,14 @@ impl Writer {
                 return Poll::Ready(err);
             }
             self.fed = 0;
-            let now = Instant::now();
+            let now = clock_nanos();
             metrics.frames_delivered.inc_by(self.arrivals.len() as u64);
             for arrived in self.arrivals.drain(..) {
-                let latency = now.saturating_duration_since(arrived);
-                metrics.delivery_latency.observe(latency.as_secs_f64());
+                let latency = now.saturating_sub(arrived) as f64 / 1e9;
+                metrics.delivery_latency.observe(latency);
+            }
+            if drained {
+                return Poll::Pending;
             }
         }
     }
