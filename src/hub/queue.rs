@@ -139,8 +139,11 @@ impl SendQueue {
         state.bytes += len;
         state.frames.push_back(outbound);
         // The task drains until the queue is empty before it waits, so
-        // only the first frame into an empty queue needs to wake it.
-        if state.frames.len() == 1 {
+        // only the first frame into an empty queue needs to wake it; after
+        // the lock, which the task takes next.
+        let first = state.frames.len() == 1;
+        drop(state);
+        if first {
             self.task.wake();
         }
         Ok(())
