@@ -4,8 +4,8 @@
 //!
 //! A client connects over WebSocket: `http` accepts the TCP connection
 //! (a header timeout, a cap on connections not yet upgraded), checks the
-//! upgrade and hands the socket to `session`, one task pair per connection that speaks the
-//! JSON protocol of `protocol` (`docs/PROTOCOL.md`). An `authorization`
+//! upgrade and hands the socket to `session`, one task per connection
+//! that speaks the JSON protocol of `protocol` (`docs/PROTOCOL.md`). An `authorization`
 //! request goes through `auth` (token -> identity with claims) and binds
 //! the `acl` rules to that identity once; each `subscribe` is then a lookup
 //! in that policy. Subscriptions go to the `hub`, which keeps topic ->
@@ -14,7 +14,7 @@
 //!
 //! Messages flow back the other way: Redis -> broker -> hub, which encodes
 //! each message once and queues the same bytes to every subscriber's
-//! bounded queue -> each session's writer -> socket.
+//! bounded queue -> the connection's task, which writes it -> socket.
 //!
 //! `config` turns the TOML file and environment into a validated, compiled
 //! [`Config`]; `server` wires it all on a bound listener as a [`Gateway`]
