@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 pub use join::Join;
-pub use queue::{Next, Pending, PushError, SendQueue};
+pub use queue::{Next, PushError, SendQueue};
 
 use crate::broker::{Broker, BrokerError, Deliver, Delivery};
 use crate::metrics::Metrics;

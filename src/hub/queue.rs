@@ -64,17 +64,6 @@ pub enum Next {
     Frame(Outbound),
 }
 
-/// What the connection's task finds when it looks at its queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pending {
-    /// Nothing to write.
-    Nothing,
-    /// A frame or a ping is waiting.
-    Work,
-    /// The close was asked for; it wins over waiting frames.
-    Close(Disconnect),
-}
-
 struct State {
     /// Waiting frames, oldest first; no allocation until the first one.
     frames: VecDeque<Outbound>,
@@ -180,16 +169,6 @@ impl SendQueue {
         self.task.register(waker);
     }
 
-    /// What is waiting now.
-    pub fn pending(&self) -> Pending {
-        let state = self.lock();
-        match state.closing {
-            Some(reason) => Pending::Close(reason),
-            None if state.ping || !state.frames.is_empty() => Pending::Work,
-            None => Pending::Nothing,
-        }
-    }
-
     /// Whether the socket, the timer or a notice woke the task since the
     /// last call (or [`SendQueue::stir`]); clears the flag.
     pub fn take_stirred(&self) -> bool {
@@ -267,11 +246,6 @@ mod tests {
 
     use super::*;
     use crate::protocol::Frame;
-
-    fn poll_pending(queue: &SendQueue, waker: &Waker) -> Pending {
-        queue.register(waker);
-        queue.pending()
-    }
 
     fn reply() -> Outbound {
         Outbound::reply(Frame::from_static("{}"))
@@ -366,25 +340,22 @@ mod tests {
         let flag = Arc::new(Flag::default());
         let waker = Waker::from(flag.clone());
 
-        assert_eq!(poll_pending(&queue, &waker), Pending::Nothing);
+        queue.register(&waker);
         queue.push(reply()).expect("room");
         assert!(flag.woken());
-        assert_eq!(poll_pending(&queue, &waker), Pending::Work);
+        queue.register(&waker);
         queue.push(reply()).expect("room");
         assert!(
             !flag.woken(),
             "only the first frame into an empty queue wakes"
         );
-        assert!(queue.pop().is_some());
-        assert!(queue.pop().is_some());
+        assert!(queue.next().is_some());
+        assert!(queue.next().is_some());
+        assert!(queue.next().is_none());
 
-        assert_eq!(poll_pending(&queue, &waker), Pending::Nothing);
         queue.close(Disconnect::Shutdown);
         assert!(flag.woken());
-        assert_eq!(
-            poll_pending(&queue, &waker),
-            Pending::Close(Disconnect::Shutdown)
-        );
+        assert_eq!(queue.closing(), Some(Disconnect::Shutdown));
     }
 
     #[test]
@@ -392,14 +363,12 @@ mod tests {
         let queue = SendQueue::new(1);
         let flag = Arc::new(Flag::default());
         let waker = Waker::from(flag.clone());
-        queue.push(reply()).expect("room");
-        assert!(queue.pop().is_some());
-        assert_eq!(poll_pending(&queue, &waker), Pending::Nothing);
+        queue.register(&waker);
         queue.ping();
         assert!(flag.woken());
+        queue.register(&waker);
         queue.ping();
         assert!(!flag.woken(), "a ping already due does not wake again");
-        assert_eq!(poll_pending(&queue, &waker), Pending::Work);
         assert_eq!(queue.push(reply()), Ok(()));
         assert!(
             matches!(queue.next(), Some(Next::Ping)),
@@ -434,9 +403,7 @@ mod tests {
         let queue = SendQueue::new(4);
         queue.push(reply()).expect("room");
         queue.close(Disconnect::SlowConsumer);
-        assert_eq!(
-            poll_pending(&queue, Waker::noop()),
-            Pending::Close(Disconnect::SlowConsumer)
-        );
+        assert!(queue.next().is_none(), "nothing more is written");
+        assert_eq!(queue.closing(), Some(Disconnect::SlowConsumer));
     }
 }

@@ -14,7 +14,6 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error
 use super::authorize::Auth;
 use super::writer::Writer;
 use super::{Session, later};
-use crate::hub::Pending;
 use crate::protocol::Disconnect;
 
 /// What woke the connection's task.
@@ -65,15 +64,14 @@ impl Session {
                 .map_or(idle_at, |at| at.min(idle_at))
                 .min(ping_at)
         };
-        let mut armed = next(self, last_seen, ping_at);
-        let mut timer = pin!(sleep_until(armed));
+        let mut timer = pin!(sleep_until(next(self, last_seen, ping_at)));
         loop {
             let event = poll_fn(|cx| {
                 queue.register(cx.waker());
                 if writer.poll_write(socket, &queue, &metrics, cx).is_ready() {
                     return Poll::Ready(Event::WriteFailed);
                 }
-                if let Pending::Close(reason) = queue.pending() {
+                if let Some(reason) = queue.closing() {
                     return Poll::Ready(Event::Close(reason));
                 }
                 // A wake-up for frames to write polls nothing else: the
@@ -158,8 +156,7 @@ impl Session {
             let at = next(self, last_seen, ping_at);
             // A timer that fired is reset even to the same deadline: an
             // elapsed `Sleep` stays ready.
-            if at != armed || timer.is_elapsed() {
-                armed = at;
+            if at != timer.deadline() || timer.is_elapsed() {
                 timer.as_mut().reset(at);
                 // A reset timer is registered by its next poll.
                 queue.stir();
