@@ -66,6 +66,9 @@ pub struct Server {
     /// Longest wait for an HTTP request head, and longest idle time of a
     /// keep-alive connection between requests.
     pub header_timeout: Duration,
+    /// Least time between two writes to one connection (write coalescing);
+    /// zero writes every frame at once.
+    pub write_delay: Duration,
     pub console: bool,
     pub log_format: LogFormat,
 }

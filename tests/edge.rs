@@ -177,6 +177,20 @@ async fn header_timeout_secs_out_of_range_is_a_config_error_naming_the_key() {
     }
 }
 
+#[tokio::test]
+async fn write_delay_ms_above_a_second_is_a_config_error_naming_the_key() {
+    let raw = topicgate::RawConfig::from_toml(
+        "[server]\nwrite_delay_ms = 1001\n[auth.jwt]\nsecret = \"s\"\n",
+    )
+    .expect("parses");
+    let err = raw
+        .compile(std::path::Path::new("."))
+        .expect_err("out of range");
+    let text = err.to_string();
+    assert!(text.contains("server.write_delay_ms"), "{text}");
+    assert!(text.contains("at most 1000 milliseconds"), "{text}");
+}
+
 async fn readyz_hash(extra: &str) -> String {
     let gateway = start_gateway(base_config(None, extra)).await;
     let (status, body) = http_get(gateway.addr, "/readyz").await;

@@ -219,3 +219,30 @@ async fn refused_redis_password_is_logged_clearly_and_retried() {
     let (status, _) = http_get(addr, "/readyz").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn with_a_write_delay_a_burst_waits_for_its_end_and_arrives_whole_and_in_order() {
+    const DELAY_MS: u64 = 1000;
+    let redis = RedisServer::start();
+    let extra = format!("[server]\nwrite_delay_ms = {DELAY_MS}\n");
+    let gateway = start_gateway(base_config(Some(&redis), &extra)).await;
+    let mut c = Client::connect(gateway.addr).await;
+    c.login("alice").await;
+    c.subscribed("chat-room").await;
+    let mut conn = redis.connection().await;
+    // `0` may wait for the delay after the subscribe reply's write; what
+    // follows within the delay of its own write waits too.
+    redis_publish(&mut conn, "chat-room", "0").await;
+    assert_eq!(c.recv().await["snapshot"], 0);
+    let first = std::time::Instant::now();
+    for n in 1..=20 {
+        redis_publish(&mut conn, "chat-room", &n.to_string()).await;
+    }
+    for n in 1..=20 {
+        assert_eq!(c.recv().await["snapshot"], n);
+    }
+    // The write of `0` happened before it was read: half the delay is
+    // a bound no scheduling delay can break.
+    let waited = first.elapsed();
+    assert!(waited.as_millis() >= u128::from(DELAY_MS / 2), "{waited:?}");
+}

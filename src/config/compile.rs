@@ -22,6 +22,9 @@ const DAY: u64 = 86_400;
 /// Bounds of `server.header_timeout_secs`: a request head needs at least a
 /// second on a slow link, and an hour is already far beyond any client.
 const HEADER_TIMEOUT_SECS: std::ops::RangeInclusive<u64> = 1..=3600;
+/// Upper bound of `server.write_delay_ms`: beyond a second, frames held
+/// back would be mistaken for a stalled connection.
+const MAX_WRITE_DELAY_MS: u64 = 1000;
 /// Upper bound of `redis.health_check_secs`: a check rarer than an hour
 /// would not notice a dead link in any useful time.
 const MAX_HEALTH_CHECK_SECS: u64 = 3600;
@@ -114,6 +117,15 @@ impl RawConfig {
                 ),
             ));
         }
+        if s.write_delay_ms > MAX_WRITE_DELAY_MS {
+            issues.push(Issue::new(
+                "server.write_delay_ms",
+                format!(
+                    "{} is too large: at most {MAX_WRITE_DELAY_MS} milliseconds",
+                    s.write_delay_ms
+                ),
+            ));
+        }
         let log_format = match s.log_format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -131,6 +143,7 @@ impl RawConfig {
             idle_timeout: Duration::from_secs(s.idle_timeout_secs),
             shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),
             header_timeout: Duration::from_secs(s.header_timeout_secs),
+            write_delay: Duration::from_millis(s.write_delay_ms),
             console: s.console,
             log_format,
         })

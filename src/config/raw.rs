@@ -28,6 +28,7 @@ pub struct RawServer {
     pub idle_timeout_secs: u64,
     pub shutdown_grace_secs: u64,
     pub header_timeout_secs: u64,
+    pub write_delay_ms: u64,
     pub console: bool,
     pub log_format: String,
 }
@@ -40,6 +41,7 @@ impl Default for RawServer {
             idle_timeout_secs: 60,
             shutdown_grace_secs: 10,
             header_timeout_secs: 10,
+            write_delay_ms: 0,
             console: false,
             log_format: "text".into(),
         }

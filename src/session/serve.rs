@@ -49,6 +49,7 @@ impl Session {
         // Created before the channels are read: a change after the read
         // still wakes it.
         let mut notice = pin!(self.notices.clone().notified_owned());
+        writer.set_delay(self.config.server.write_delay);
         if *self.shutdown.borrow_and_update() {
             return Disconnect::Shutdown;
         }
@@ -148,6 +149,7 @@ impl Session {
                     if self.updates.has_changed().unwrap_or(false) {
                         let config = self.updates.borrow_and_update().clone();
                         self.apply_config(config);
+                        writer.set_delay(self.config.server.write_delay);
                     }
                 }
                 Event::Close(reason) => return reason,

@@ -1,10 +1,12 @@
 //! The in-process session harness: a channel pair as the socket, the memory
 //! broker, and the senders that drive a session's config and shutdown.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use futures_util::{Sink, Stream};
@@ -79,6 +81,27 @@ pub(super) const PANIC: &str = "the transport panics on this frame";
 pub(super) struct Socket {
     incoming: mpsc::Receiver<Result<Message, WsError>>,
     outgoing: Pin<Box<dyn Sink<Message, Error = WsError> + Send>>,
+    /// Frames sent but not yet flushed, as in a WebSocket's write buffer:
+    /// the client sees them on the next flush.
+    unflushed: VecDeque<Message>,
+    /// Flushes that completed: the writes a TCP socket would have made.
+    flushes: Arc<AtomicUsize>,
+}
+
+/// Frames [`Socket`] buffers before a send waits for a flush.
+const SOCKET_BUFFER: usize = 16;
+
+impl Socket {
+    /// Moves buffered frames to the client while it has room.
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        while !self.unflushed.is_empty() {
+            ready!(self.outgoing.as_mut().poll_ready(cx))?;
+            if let Some(message) = self.unflushed.pop_front() {
+                self.outgoing.as_mut().start_send(message)?;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl Stream for Socket {
@@ -97,18 +120,28 @@ impl Sink<Message> for Socket {
     type Error = WsError;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        self.outgoing.as_mut().poll_ready(cx)
+        if self.unflushed.len() >= SOCKET_BUFFER {
+            ready!(self.drain(cx))?;
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
-        self.outgoing.as_mut().start_send(item)
+        self.unflushed.push_back(item);
+        Ok(())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        self.outgoing.as_mut().poll_flush(cx)
+        ready!(self.drain(cx))?;
+        let flushed = self.outgoing.as_mut().poll_flush(cx);
+        if let Poll::Ready(Ok(())) = flushed {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+        }
+        flushed
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        ready!(self.drain(cx))?;
         self.outgoing.as_mut().poll_close(cx)
     }
 }
@@ -152,9 +185,12 @@ impl Harness {
                 .map_err(|_| WsError::ConnectionClosed)?;
             Ok::<_, WsError>(tx)
         });
+        let flushes = Arc::new(AtomicUsize::new(0));
         let socket = Socket {
             incoming,
             outgoing: Box::pin(outgoing),
+            unflushed: VecDeque::new(),
+            flushes: flushes.clone(),
         };
         let handles = Handles {
             hub: self.hub.clone(),
@@ -168,6 +204,7 @@ impl Harness {
             to_server,
             from_server,
             session: String::new(),
+            flushes,
             task: tokio::spawn(run(socket, handles, None)),
         };
         assert_eq!(
@@ -198,6 +235,8 @@ pub(super) struct Client {
     pub to_server: mpsc::Sender<Result<Message, WsError>>,
     pub from_server: mpsc::Receiver<Message>,
     pub session: String,
+    /// The socket's completed flushes ([`Socket`]).
+    pub flushes: Arc<AtomicUsize>,
     pub task: JoinHandle<Option<(Socket, ConnectionSlot)>>,
 }
 
@@ -229,6 +268,11 @@ impl Client {
             Message::Text(text) => serde_json::from_str(&text).expect("JSON frame"),
             other => panic!("expected a text frame, got {other:?}"),
         }
+    }
+
+    /// The socket's completed flushes so far.
+    pub(super) fn flushes(&self) -> usize {
+        self.flushes.load(Ordering::Relaxed)
     }
 
     /// Whether a frame arrives within `wait` of (paused) time.

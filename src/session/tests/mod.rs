@@ -2,6 +2,7 @@
 //! paused time. No TCP, no Redis; timers fire when the test is idle, so
 //! expiry and deadlines take no wall-clock time.
 
+mod coalesce;
 mod hardening;
 mod harness;
 mod rotation;
