@@ -266,18 +266,26 @@ fn write(c: &mut Criterion) {
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     let mut group = c.benchmark_group("session_writer");
     group.throughput(Throughput::Elements(FRAMES as u64));
-    group.bench_function("write_64_deliveries", |b| {
-        b.iter(|| {
-            let arrived = tokio::time::Instant::now();
-            for _ in 0..FRAMES {
-                let outbound = Outbound::delivery(frame.clone(), arrived);
-                queue.push(outbound).expect("room");
-            }
-            let written = writer.poll_write(&mut sink, &queue, &metrics, &mut cx);
-            assert!(written.is_pending(), "the sink never fails");
-            assert!(queue.pop().is_none(), "every frame written");
-        })
-    });
+    // With `server.write_delay_ms` set a full batch is never held back: the
+    // second measures the write path's cost of keeping the delay's clock.
+    for (name, delay_ms) in [
+        ("write_64_deliveries", 0),
+        ("write_64_deliveries_with_write_delay", 10),
+    ] {
+        writer.set_delay(std::time::Duration::from_millis(delay_ms));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let arrived = tokio::time::Instant::now();
+                for _ in 0..FRAMES {
+                    let outbound = Outbound::delivery(frame.clone(), arrived);
+                    queue.push(outbound).expect("room");
+                }
+                let written = writer.poll_write(&mut sink, &queue, &metrics, &mut cx);
+                assert!(written.is_pending(), "the sink never fails");
+                assert!(queue.pop().is_none(), "every frame written");
+            })
+        });
+    }
     group.finish();
 }
 
