@@ -1,6 +1,7 @@
 //! The write half of a session: drains the send queue into the socket,
-//! several frames per flush, and sends the final frame and close frame
-//! (docs/PROTOCOL.md, Closing).
+//! several frames per flush, flushes spaced `server.write_delay_ms` apart
+//! when that is set (a full batch goes at once), and sends the final frame
+//! and close frame (docs/PROTOCOL.md, Closing).
 //!
 //! It is not a task of its own: the connection's one task polls it beside
 //! the socket's read side and the session's timers ([`super::run`]). A
@@ -95,8 +96,9 @@ impl Writer {
     /// Feeds what the queue holds into `sink`, up to [`WRITE_BATCH`]
     /// frames per flush, and flushes; the caller has registered the task's
     /// waker with the queue this poll. `Pending` once everything is written
-    /// (the queue wakes the task for more) or while the socket is full
-    /// (the socket wakes it); `Ready` once the socket has failed a write,
+    /// (the queue wakes the task for more), while the socket is full
+    /// (the socket wakes it) or while the write delay holds what was fed
+    /// (its timer wakes it); `Ready` once the socket has failed a write,
     /// after which the queue refuses frames. A close request stops the
     /// writing: the session ends and [`Writer::farewell`] sends what the
     /// reason calls for.

@@ -2,11 +2,12 @@
 // started on free ports by the test.
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
-import { after, afterEach, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import WebSocket from 'ws';
 import { TopicgateClient, TopicgateError } from '../dist/index.mjs';
 import { Queue, deferred, nextEvent, record, within } from './support/queue.mjs';
-import { Gateway, RedisServer, signToken } from './support/processes.mjs';
+import { RedisServer, signToken } from './support/processes.mjs';
+import { realParts } from './support/suite.mjs';
 
 const ACL = `[acl]
 default = "deny"
@@ -27,25 +28,11 @@ function countingWebSocket() {
   return { Counting, opened };
 }
 
-let redis;
-const cleanups = [];
+const parts = realParts();
+const { cleanups } = parts;
 
-before(async () => {
-  redis = await RedisServer.start();
-});
-
-after(async () => {
-  await redis.stop();
-});
-
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
-
-async function gateway(toml = ACL, on = redis, auth = '') {
-  const started = await Gateway.start(on, toml, auth);
-  cleanups.push(() => started.cleanup());
-  return started;
+function gateway(toml = ACL, on = parts.redis, auth = '') {
+  return parts.gateway(on, toml, auth);
 }
 
 function client(url, options) {
@@ -63,12 +50,12 @@ test('connects, authorizes, subscribes and receives what Redis publishes', async
   const sub = await c.subscribe('chat-room', (data, ctx) => received.push({ data, ctx }));
   assert.equal(sub.topic, 'chat-room');
   assert.equal(sub.state, 'subscribed');
-  assert.equal(await redis.command('PUBLISH', 'chat-room', '{"info":"Hello from Redis"}'), 1);
-  await redis.command('PUBLISH', 'chat-room', 'not json');
+  assert.equal(await parts.redis.command('PUBLISH', 'chat-room', '{"info":"Hello from Redis"}'), 1);
+  await parts.redis.command('PUBLISH', 'chat-room', 'not json');
   assert.deepEqual(await received.next(), { data: { info: 'Hello from Redis' }, ctx: { topic: 'chat-room' } });
   assert.deepEqual(await received.next(), { data: 'not json', ctx: { topic: 'chat-room' } });
   await sub.unsubscribe();
-  assert.equal(await redis.command('PUBLISH', 'chat-room', 'after'), 0, 'the gateway left the channel');
+  assert.equal(await parts.redis.command('PUBLISH', 'chat-room', 'after'), 0, 'the gateway left the channel');
   assert.deepEqual(states, ['connecting', 'connected']);
 });
 
@@ -128,7 +115,7 @@ test('an expired token is refreshed on the same connection and the subscription 
   const resubscribed = nextEvent(sub, 'subscribed', 'the resubscribe after the refresh');
   await within(refreshed.promise, 'the token function to be asked again on expiry');
   await resubscribed;
-  await redis.command('PUBLISH', 'chat-expiry', '"after the refresh"');
+  await parts.redis.command('PUBLISH', 'chat-expiry', '"after the refresh"');
   assert.equal(await received.next(), 'after the refresh');
   assert.equal(opened.length, 1, 'no reconnect');
   assert.deepEqual(states, ['connecting', 'connected']);
@@ -149,14 +136,14 @@ test('after the gateway restarts the client reconnects, re-authorizes and resubs
   assert.equal((await shutdown).code, 'shutdown');
   await gw.spawn();
   await resubscribed;
-  await redis.command('PUBLISH', 'news-restart', '{"n":2}');
+  await parts.redis.command('PUBLISH', 'news-restart', '{"n":2}');
   assert.deepEqual(await received.next(), { n: 2 });
   assert.equal(calls, 2, 'the token function is asked again');
   assert.equal(c.state, 'connected');
 });
 
 test('close 1008 after an auth timeout backs off and asks the token again', async () => {
-  const gw = await gateway(ACL, redis, 'timeout_secs = 1\n');
+  const gw = await gateway(ACL, parts.redis, 'timeout_secs = 1\n');
   const minReconnectDelayMs = 100;
   const { Counting, opened } = countingWebSocket();
   const firstCallAnswered = deferred();
@@ -194,14 +181,14 @@ test('a config reload that removes a topic from the ACL revokes its subscription
   gw.writeConfig(ACL.replace('"chat-*", "news-*"', '"chat-*"'));
   assert.match(await revoked, /acl/);
   assert.equal(news.state, 'unsubscribed');
-  assert.equal(await redis.command('PUBLISH', 'news-1', 'gone'), 0);
-  await redis.command('PUBLISH', 'chat-1', '"still here"');
+  assert.equal(await parts.redis.command('PUBLISH', 'news-1', 'gone'), 0);
+  await parts.redis.command('PUBLISH', 'chat-1', '"still here"');
   assert.equal(await chat.next(), 'still here');
 });
 
 describe('history and recovery against the real gateway', () => {
   /** `FCALL topicgate_publish` of `{n}` on `topic`, as a backend records. */
-  const fcall = (topic, n) => redis.command('FCALL', 'topicgate_publish', '1', topic, JSON.stringify({ n }));
+  const fcall = (topic, n) => parts.redis.command('FCALL', 'topicgate_publish', '1', topic, JSON.stringify({ n }));
 
   /** A WebSocket class that keeps every socket it opens, to cut them. */
   function trackedWebSocket() {

@@ -6,11 +6,12 @@
 // history no longer holds what was missed; `ctx.offset`/`ctx.epoch` are
 // the frames' own.
 import assert from 'node:assert/strict';
-import { after, afterEach, before, test } from 'node:test';
+import { test } from 'node:test';
 import WebSocket from 'ws';
 import { TopicgateClient } from '../dist/index.mjs';
 import { Queue, deferred, nextEvent, record, within } from './support/queue.mjs';
-import { Gateway, RedisServer, signToken } from './support/processes.mjs';
+import { RedisServer, signToken } from './support/processes.mjs';
+import { realParts } from './support/suite.mjs';
 
 const ACL = `[acl]
 default = "deny"
@@ -19,26 +20,12 @@ topics = ["chat-*"]
 effect = "allow"
 `;
 
-let redis;
-const cleanups = [];
-
-before(async () => {
-  redis = await RedisServer.start();
-});
-
-after(async () => {
-  await redis.stop();
-});
-
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const parts = realParts();
+const { cleanups } = parts;
 
 /** A gateway on the shared Redis with `[history] size = size`. */
-async function gateway(size, on = redis) {
-  const started = await Gateway.start(on, `${ACL}[history]\nsize = ${size}\nttl_secs = 300\n`);
-  cleanups.push(() => started.cleanup());
-  return started;
+function gateway(size, on = parts.redis) {
+  return parts.gateway(on, `${ACL}[history]\nsize = ${size}\nttl_secs = 300\n`);
 }
 
 /**
@@ -72,7 +59,7 @@ function client(url, options) {
 }
 
 /** `FCALL topicgate_publish 1 topic payload` on `on`: the recorded offset. */
-function fcall(topic, payload, on = redis) {
+function fcall(topic, payload, on = parts.redis) {
   return on.command('FCALL', 'topicgate_publish', 1, topic, payload);
 }
 
@@ -193,7 +180,7 @@ test('ctx carries the frame offset and epoch of recorded messages, and none for 
   const received = new Queue();
   await c.subscribe(topic, (data, ctx) => received.push({ data, ctx }));
   assert.equal(await fcall(topic, '{"text":"one"}'), 1);
-  await redis.command('PUBLISH', topic, 'plain');
+  await parts.redis.command('PUBLISH', topic, 'plain');
   assert.equal(await fcall(topic, 'two'), 2);
 
   const got = [await received.next(), await received.next(), await received.next()];
