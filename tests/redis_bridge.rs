@@ -221,6 +221,70 @@ async fn refused_redis_password_is_logged_clearly_and_retried() {
 }
 
 #[tokio::test]
+async fn a_redis_that_starts_requiring_a_password_unreadies_the_gateway_until_the_config_has_it() {
+    let redis = RedisServer::start();
+    let tmp = temp_dir("newpass");
+    let port = free_port();
+    let config = tmp.path().join("config.toml");
+    let write_config = |password: &str| {
+        let text = format!(
+            "[server]\nbind = \"127.0.0.1:{port}\"\n[auth]\nmode = \"bypass\"\n\
+             [redis]\nurl = \"{}\"\npassword = \"{password}\"\nreconnect_max_secs = 1\n\
+             [acl]\ndefault = \"allow\"\n",
+            redis.url()
+        );
+        std::fs::write(&config, text).expect("config written");
+    };
+    write_config("");
+    let mut gateway = GatewayProcess::spawn(&config, &[]);
+    gateway.wait_for_line("redis connected").await;
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    assert_eq!(http_get(addr, "/readyz").await.0, 200);
+    let mut c = Client::connect(addr).await;
+    c.subscribed("chat-room").await;
+
+    // Redis starts requiring a password: the links it already authorized
+    // keep working, so the gateway stays ready until its link drops.
+    redis_cli_at(redis.port, &["CONFIG", "SET", "requirepass", "fresh"]);
+    assert_eq!(http_get(addr, "/readyz").await.0, 200);
+    let killed = redis_cli_at(
+        redis.port,
+        &[
+            "-a",
+            "fresh",
+            "--no-auth-warning",
+            "CLIENT",
+            "KILL",
+            "TYPE",
+            "pubsub",
+        ],
+    );
+    assert_ne!(killed.trim(), "0", "the gateway's link was killed");
+    gateway.wait_for_line("redis refused authentication").await;
+    assert_eq!(http_get(addr, "/readyz").await.0, 503);
+
+    // The operator adds the password to the config: a reload connects.
+    write_config("fresh");
+    gateway.wait_for_line("resubscribed").await;
+    gateway.drain_log();
+    assert_eq!(http_get(addr, "/readyz").await.0, 200);
+    // The topic was subscribed again on the new link.
+    let published = redis_cli_at(
+        redis.port,
+        &[
+            "-a",
+            "fresh",
+            "--no-auth-warning",
+            "PUBLISH",
+            "chat-room",
+            "1",
+        ],
+    );
+    assert_eq!(published, "1");
+    assert_eq!(c.recv().await["snapshot"], 1);
+}
+
+#[tokio::test]
 async fn with_a_write_delay_a_burst_waits_for_its_end_and_arrives_whole_and_in_order() {
     const DELAY_MS: u64 = 1000;
     let redis = RedisServer::start();

@@ -184,8 +184,20 @@ impl Actor {
         let channels: Vec<String> = self.topics.iter().map(|t| target.channel(t)).collect();
         resubscribe(&sink, channels, addr).await?;
         // With no topic to resubscribe, nothing above has heard from Redis
-        // yet: a link that connects but never answers is not up.
-        within(sink.clone().ping::<redis::Value>(), addr, "PING").await?;
+        // yet: a link that connects but never answers is not up. Nor is one
+        // that answers with an error: the pub/sub sink reports a refused
+        // SUBSCRIBE (NOAUTH from a Redis that started requiring a password)
+        // as done, so the PING's own reply is checked for one.
+        let mut pinger = sink.clone();
+        within(
+            async {
+                let reply = pinger.ping::<redis::Value>().await;
+                reply.and_then(redis::Value::extract_error)
+            },
+            addr,
+            "PING",
+        )
+        .await?;
         if let Some(next) = self.next.take() {
             self.target = next;
             self.health_check.send_replace(self.target.health_check);
