@@ -247,18 +247,12 @@ async fn a_redis_that_starts_requiring_a_password_unreadies_the_gateway_until_th
     // keep working, so the gateway stays ready until its link drops.
     redis_cli_at(redis.port, &["CONFIG", "SET", "requirepass", "fresh"]);
     assert_eq!(http_get(addr, "/readyz").await.0, 200);
-    let killed = redis_cli_at(
-        redis.port,
-        &[
-            "-a",
-            "fresh",
-            "--no-auth-warning",
-            "CLIENT",
-            "KILL",
-            "TYPE",
-            "pubsub",
-        ],
-    );
+    // redis-cli with the new password.
+    let authorized = |args: &[&str]| {
+        let args = [&["-a", "fresh", "--no-auth-warning"], args].concat();
+        redis_cli_at(redis.port, &args)
+    };
+    let killed = authorized(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     assert_ne!(killed.trim(), "0", "the gateway's link was killed");
     gateway.wait_for_line("redis refused authentication").await;
     assert_eq!(http_get(addr, "/readyz").await.0, 503);
@@ -269,18 +263,7 @@ async fn a_redis_that_starts_requiring_a_password_unreadies_the_gateway_until_th
     gateway.drain_log();
     assert_eq!(http_get(addr, "/readyz").await.0, 200);
     // The topic was subscribed again on the new link.
-    let published = redis_cli_at(
-        redis.port,
-        &[
-            "-a",
-            "fresh",
-            "--no-auth-warning",
-            "PUBLISH",
-            "chat-room",
-            "1",
-        ],
-    );
-    assert_eq!(published, "1");
+    assert_eq!(authorized(&["PUBLISH", "chat-room", "1"]), "1");
     assert_eq!(c.recv().await["snapshot"], 1);
 }
 

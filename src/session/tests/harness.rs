@@ -236,7 +236,7 @@ pub(super) struct Client {
     pub from_server: mpsc::Receiver<Message>,
     pub session: String,
     /// The socket's completed flushes ([`Socket`]).
-    pub flushes: Arc<AtomicUsize>,
+    flushes: Arc<AtomicUsize>,
     pub task: JoinHandle<Option<(Socket, ConnectionSlot)>>,
 }
 
